@@ -1,0 +1,78 @@
+"""The Arrow schemas every stage agrees on."""
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+
+import pyarrow as pa
+
+#: One training pair. ``history`` holds earlier turns of a multi-turn conversation as a
+#: JSON list of {"role", "content"}; loss is taken only on ``response``.
+PAIRS_SCHEMA = pa.schema([
+    pa.field("id", pa.string()),          # the input row's id, else its content hash
+    pa.field("file", pa.string()),        # source file the row came from
+    pa.field("line", pa.int64()),         # 1-based line (JSONL) or record index (JSON array, Parquet)
+    pa.field("format", pa.string()),      # subtitle | prompt_response | alpaca | sharegpt
+    pa.field("system", pa.string()),
+    pa.field("history", pa.string()),
+    pa.field("prompt", pa.string()),
+    pa.field("response", pa.string()),
+    pa.field("language", pa.string()),    # "en", "zh", ... (metadata, else detected)
+    pa.field("meta", pa.string()),        # JSON: the row's metadata (subtitle timings live here)
+])
+
+PAIR_COLUMNS = [f.name for f in PAIRS_SCHEMA]
+
+
+def _is_cjk(ch: str) -> bool:
+    o = ord(ch)
+    return (0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0x20000 <= o <= 0x2A6DF
+            or 0xF900 <= o <= 0xFAFF or 0x3040 <= o <= 0x30FF or 0xAC00 <= o <= 0xD7AF)
+
+
+def detect_language(text: str, threshold: float = 0.2) -> str:
+    """'zh' when CJK characters are at least ``threshold`` of the letters, else 'en'.
+
+    Enough to route en/zh pairs (W1); a row's own ``metadata.language`` always wins.
+    """
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return "und"
+    cjk = sum(1 for c in letters if _is_cjk(c))
+    return "zh" if cjk / len(letters) >= threshold else "en"
+
+
+def normalize_text(text: str) -> str:
+    """NFKC + collapsed whitespace: the form hashes and dedup compare."""
+    return " ".join(unicodedata.normalize("NFKC", text).split())
+
+
+def content_hash(system: str, history: str, prompt: str, response: str) -> str:
+    """Stable hash of a pair's normalized content (split assignment, dedup, ids)."""
+    h = hashlib.sha1()
+    for part in (system, history, prompt, response):
+        h.update(normalize_text(part or "").encode("utf-8"))
+        h.update(b"\x1f")
+    return h.hexdigest()
+
+
+def split_of(row_hash: str, val_fraction: float, salt: str = "") -> str:
+    """Deterministic train/val assignment from a content hash: a rerun gives the same split."""
+    if val_fraction <= 0:
+        return "train"
+    h = hashlib.sha1((salt + row_hash).encode()).digest()
+    u = int.from_bytes(h[:8], "big") / 2**64
+    return "val" if u < val_fraction else "train"
+
+
+def empty_pairs_table() -> pa.Table:
+    return PAIRS_SCHEMA.empty_table()
+
+
+def rows_to_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA)
+
+
+def history_to_messages(history: str) -> list[dict]:
+    return json.loads(history) if history else []
