@@ -1,0 +1,114 @@
+"""``rayft <stage> --config configs/x.yaml key=value ...``
+
+Each subcommand calls the same function its ``jobs/<stage>.py`` file calls. Config
+errors and bad input exit with one clear message (exit code 2), not a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .config import ConfigError, help_text, load
+
+#: subcommand -> (config class, run function, one-line description, key aliases).
+#: Modules load lazily so `rayft --help` stays fast.
+STAGES: dict[str, tuple[str, str, str, dict]] = {
+    "train": ("rayft.train.config:TrainConfig", "rayft.train.launch:run_training",
+              "fine-tune a causal LM (LoRA or full) on Ray Train; prints the run directory last", {}),
+    "export": ("rayft.train.export:ExportConfig", "rayft.train.export:run_export",
+               "merge a run's LoRA adapter into its base model and save a full safetensors model", {}),
+    "curate": ("rayft.curate.config:CurateConfig", "rayft.curate.run:run_curate",
+               "filter, dedup and language-route pair files into curated Parquet splits",
+               {"input": "data.path", "output": "output.dir"}),
+    "frames embed": ("rayft.frames.config:FramesConfig", "rayft.frames.run:run_embed",
+                     "embed video frames with open_clip on Ray Data -> Parquet",
+                     {"input": "embed.input", "output": "embed.output"}),
+    "frames cluster": ("rayft.frames.config:FramesConfig", "rayft.clustering.run:run_cluster",
+                       "cluster frame embeddings into characters (PCA + HDBSCAN)",
+                       {"input": "cluster.input", "output": "cluster.output"}),
+    "frames export": ("rayft.frames.config:FramesConfig", "rayft.clustering.export:run_export",
+                      "export one training folder per character cluster with captions and contact sheets",
+                      {"input": "export.input", "output": "export.output"}),
+}
+
+
+def _resolve(spec: str):
+    mod, name = spec.split(":")
+    return getattr(importlib.import_module(mod), name)
+
+
+def _groups() -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for name in STAGES:
+        head, _, sub = name.partition(" ")
+        groups.setdefault(head, []).append(sub)
+    return groups
+
+
+def _add_stage(sp, name: str, prog_name: str) -> None:
+    cfg_spec, _, desc, aliases = STAGES[name]
+    p = sp.add_parser(prog_name, help=desc, description=desc,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", "-c", help="YAML config file (see configs/)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override any config key (dotted)")
+    p.set_defaults(stage=name)
+    p._rayft_cfg = cfg_spec  # help text is built lazily in format_help
+    p._rayft_aliases = aliases
+    orig = p.format_help
+
+    def format_help(orig=orig, p=p):
+        try:
+            extra = help_text(_resolve(p._rayft_cfg), p._rayft_aliases)
+        except ImportError as e:  # stage not installed
+            extra = f"(config unavailable: {e})"
+        return orig() + "\n" + extra + "\n"
+
+    p.format_help = format_help
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="rayft", description=(
+        "rayft: Ray-native fine-tuning. Curate pairs, embed and cluster frames, train LoRA/full "
+        "fine-tunes on Ray Train (DeepSpeed), sweep with Ray Tune, evaluate, register and serve.\n"
+        "Every subcommand takes --config FILE and key=value overrides; `rayft SUBCOMMAND --help` "
+        "lists every key."), formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp = ap.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    for head, subs in _groups().items():
+        if subs == [""]:
+            _add_stage(sp, head, head)
+        else:
+            gp = sp.add_parser(head, help=f"{head} stages: {', '.join(subs)}")
+            gsp = gp.add_subparsers(dest="subcommand", metavar="STEP")
+            for s in subs:
+                _add_stage(gsp, f"{head} {s}", s)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "stage", None):
+        ap.print_help()
+        return 2
+    cfg_spec, fn_spec, _, aliases = STAGES[args.stage]
+    from .data.formats import DataError
+    try:
+        cfg = load(_resolve(cfg_spec), args.config, args.overrides, aliases)
+        if args.print_config:
+            import yaml
+            from .config import to_dict
+            print(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+            return 0
+        result = _resolve(fn_spec)(cfg)
+    except (ConfigError, DataError) as e:
+        print(f"rayft {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
