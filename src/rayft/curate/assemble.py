@@ -1,0 +1,154 @@
+"""The global (driver-side) steps: exact dedup, MinHash near-dup, embedding near-dup, splits.
+
+Pure (numpy/pyarrow, no Ray). Input is the concatenation of every task's table
+(``filters.process_task``); rows are put in a fixed processing order first (golden rows,
+then by file and line) so the kept representative of every duplicate group is stable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..data.records import split_of
+from . import dedup as dd
+from .config import CurateConfig
+
+
+@dataclass
+class Working:
+    """The run's rows in processing order with mutable status columns."""
+    table: pa.Table
+    filt: list[str]
+    reason: list[str]
+    split: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, table: pa.Table) -> "Working":
+        table = table.sort_by([("_golden", "descending"), ("file", "ascending"), ("line", "ascending")])
+        return cls(table, table["_filter"].to_pylist(), table["_reason"].to_pylist())
+
+    def alive(self) -> list[int]:
+        return [i for i, f in enumerate(self.filt) if not f]
+
+    def col(self, name: str) -> list:
+        return self.table[name].to_pylist()
+
+    def finish(self) -> pa.Table:
+        t = self.table.drop_columns(["_filter", "_reason"])
+        t = t.append_column("_filter", pa.array(self.filt, pa.string()))
+        t = t.append_column("_reason", pa.array(self.reason, pa.string()))
+        split = self.split or [""] * t.num_rows
+        return t.append_column("_split", pa.array(split, pa.string()))
+
+
+def _where(files: list, lines: list, i: int) -> str:
+    return f"{files[i]}:{lines[i]}"
+
+
+def exact_dedup(w: Working, prior: pa.Table, cfg: CurateConfig) -> int:
+    """Mark exact duplicates (same normalized content hash) of earlier rows or of the ledger."""
+    if not cfg.dedup.exact:
+        return 0
+    alive = w.alive()
+    hashes = w.table["_hash"].to_pylist()
+    files, lines = w.col("file"), w.col("line")
+    pf, pl = prior["file"].to_pylist(), prior["line"].to_pylist()
+    prior_map = {h: f"previously accepted {pf[k]}:{pl[k]}" for k, h in enumerate(prior["hash"].to_pylist())}
+    dup = dd.exact_duplicates([hashes[i] for i in alive], prior_map)
+    n = 0
+    for k, d in enumerate(dup):
+        if d is None:
+            continue
+        i = alive[k]
+        w.filt[i] = "exact_dedup"
+        w.reason[i] = f"exact duplicate of {d if isinstance(d, str) else _where(files, lines, alive[d])}"
+        n += 1
+    return n
+
+
+def signatures(table: pa.Table, rows: list[int], column: str = "_sig") -> np.ndarray:
+    col = table[column].combine_chunks() if rows else None
+    if not rows:
+        return np.zeros((0, 0), np.uint32)
+    width = col.type.list_size
+    flat = np.asarray(col.flatten()).reshape(-1, width)
+    return flat[np.asarray(rows)]
+
+
+def texts_of(w: Working, rows: list[int]):
+    """k -> near-dup text of ``rows[k]`` (computed in the read tasks: column ``_dtext``)."""
+    col = w.table["_dtext"]
+    return lambda k: col[rows[k]].as_py()
+
+
+def near_dedup(w: Working, prior: pa.Table, cfg: CurateConfig) -> int:
+    """MinHash LSH candidates -> exact Jaccard -> greedy representatives (ledger rows first)."""
+    d = cfg.dedup
+    if not d.near:
+        return 0
+    alive = w.alive()
+    if not alive:
+        return 0
+    num_perm = d.bands * d.rows
+    prior_sig = np.asarray(prior["sig"].combine_chunks().flatten()).reshape(-1, num_perm) if prior.num_rows else \
+        np.zeros((0, num_perm), np.uint32)
+    sig = np.concatenate([prior_sig, signatures(w.table, alive)])
+    prior_text = prior["dtext"].to_pylist()
+    new_text = texts_of(w, alive)
+    n_prior = len(prior_text)
+
+    def text(k: int) -> str:
+        return prior_text[k] if k < n_prior else new_text(k - n_prior)
+
+    rep, sim = dd.near_duplicates(sig, text, d.threshold, d.ngram, d.bands, d.rows, n_prior, d.max_bucket)
+    files, lines = w.col("file"), w.col("line")
+    pf, pl = prior["file"].to_pylist(), prior["line"].to_pylist()
+    n = 0
+    for k in np.flatnonzero(rep >= 0).tolist():
+        i, r = alive[k - n_prior], int(rep[k])
+        where = f"previously accepted {pf[r]}:{pl[r]}" if r < n_prior else _where(files, lines, alive[r - n_prior])
+        w.filt[i] = "near_dedup"
+        w.reason[i] = f"near duplicate of {where} (jaccard {sim[k]:.2f})"
+        n += 1
+    return n
+
+
+def embed_dedup(w: Working, rows: list[int], emb: np.ndarray, prior_emb: np.ndarray | None,
+                prior: pa.Table, cfg: CurateConfig) -> int:
+    """Cosine near-dup over sentence embeddings of ``rows`` (alive rows, processing order)."""
+    if prior_emb is None or prior_emb.size == 0:
+        prior_emb = np.zeros((0, emb.shape[1]), np.float32)
+        pf = pl = []
+    else:
+        pf, pl = prior["file"].to_pylist(), prior["line"].to_pylist()
+    allv = np.concatenate([prior_emb.astype(np.float32), emb.astype(np.float32)])
+    n_prior = prior_emb.shape[0]
+    rep, sim = dd.embedding_duplicates(allv, cfg.embed.threshold, n_prior)
+    files, lines = w.col("file"), w.col("line")
+    n = 0
+    for k in np.flatnonzero(rep >= 0).tolist():
+        i, r = rows[k - n_prior], int(rep[k])
+        where = f"previously accepted {pf[r]}:{pl[r]}" if r < n_prior else _where(files, lines, rows[r - n_prior])
+        w.filt[i] = "embed_dedup"
+        w.reason[i] = f"embedding near duplicate of {where} (cosine {sim[k]:.3f})"
+        n += 1
+    return n
+
+
+def assign_splits(w: Working, cfg: CurateConfig) -> None:
+    """golden (golden files, or golden_fraction by hash) > val (val_fraction by hash) > train."""
+    s = cfg.split
+    hashes, golden = w.table["_hash"].to_pylist(), w.table["_golden"].to_pylist()
+    w.split = [""] * len(hashes)
+    for i in w.alive():
+        if golden[i] or (s.golden_fraction > 0 and split_of(hashes[i], s.golden_fraction, s.salt + "golden") == "val"):
+            w.split[i] = "golden"
+        else:
+            w.split[i] = split_of(hashes[i], s.val_fraction, s.salt)
+
+
+def kept_mask(table: pa.Table) -> pa.Array:
+    return pc.equal(table["_filter"], "")

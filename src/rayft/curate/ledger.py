@@ -1,0 +1,150 @@
+"""Incremental ledger under ``<output>/_ledger``: what was ingested and what was accepted.
+
+``ledger.json`` lists committed runs and the SHA-256 of every ingested input file;
+``accepted-<run>.arrow`` holds, per accepted row, its content hash, (file, line), dedup
+text and MinHash signature, so a later run dedups new rows against everything already
+accepted without re-reading old outputs.
+
+Commit protocol (crash safety): a run writes every output into ``_staging/<run>/``,
+moves the files into place (each file name carries the run id), and only then rewrites
+``ledger.json`` atomically with the run appended. ``gc()`` at the start of every run
+deletes the staging area and every run-tagged file whose run is not in the ledger, so a
+run killed at any point is redone in full by the next run: no row lost, none duplicated.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.feather as feather
+
+from ..storage import atomic_write_json
+
+RUN_FILE = re.compile(r"^(?:part-|accepted-)?(r\d{4,})[-.]")
+ACCEPTED_COLUMNS = ("hash", "file", "line", "dtext", "sig")
+
+
+@contextlib.contextmanager
+def lock(out_dir: Path):
+    """One curate run per output directory at a time (released by the OS on kill -9)."""
+    d = Path(out_dir) / "_ledger"
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            from ..data.formats import DataError
+            raise DataError(f"another curate run holds {d / '.lock'}; wait for it to finish") from None
+        yield
+
+
+class Ledger:
+    def __init__(self, out_dir: str | Path):
+        self.out = Path(out_dir)
+        self.dir = self.out / "_ledger"
+        self.path = self.dir / "ledger.json"
+        self.state = {"version": 1, "runs": [], "files": {}}
+        if self.path.exists():
+            self.state = json.loads(self.path.read_text(encoding="utf-8"))
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def runs(self) -> list[dict]:
+        return self.state["runs"]
+
+    def committed(self) -> set[str]:
+        return {r["run"] for r in self.runs}
+
+    def next_run_id(self) -> str:
+        return f"r{len(self.runs) + 1:04d}"
+
+    def has_file(self, digest: str) -> bool:
+        return digest in self.state["files"]
+
+    def staging(self, run_id: str) -> Path:
+        return self.out / "_staging" / run_id
+
+    def accepted(self, num_perm: int) -> pa.Table:
+        """Every previously accepted row (hash, file, line, dtext, sig[, emb]) in commit order."""
+        parts = []
+        for r in self.runs:
+            p = self.dir / f"accepted-{r['run']}.arrow"
+            if p.exists():
+                t = feather.read_table(p)
+                if "emb" in t.column_names:
+                    t = t.drop_columns(["emb"])
+                parts.append(t.select(list(ACCEPTED_COLUMNS)))
+        if not parts:
+            return pa.table({"hash": pa.array([], pa.string()), "file": pa.array([], pa.string()),
+                             "line": pa.array([], pa.int64()), "dtext": pa.array([], pa.string()),
+                             "sig": pa.array([], pa.list_(pa.uint32(), num_perm))})
+        return pa.concat_tables(parts, promote_options="permissive")
+
+    def accepted_embeddings(self) -> np.ndarray | None:
+        """Embeddings of previously accepted rows, or None when some run stored none."""
+        embs = []
+        for r in self.runs:
+            p = self.dir / f"accepted-{r['run']}.arrow"
+            if not p.exists():
+                continue
+            t = feather.read_table(p)
+            if "emb" not in t.column_names:
+                return None if t.num_rows else np.zeros((0, 0), np.float32)
+            embs.append(np.asarray(t["emb"].combine_chunks().flatten()).reshape(t.num_rows, -1))
+        return np.concatenate(embs) if embs else None
+
+    # ------------------------------------------------------------------ crash recovery
+    def gc(self) -> list[str]:
+        """Delete staging and outputs of runs that never committed; returns what was removed."""
+        removed = []
+        staging = self.out / "_staging"
+        if staging.exists():
+            shutil.rmtree(staging)
+            removed.append(str(staging))
+        done = self.committed()
+        for p in self.out.rglob("*"):
+            m = RUN_FILE.match(p.name)
+            if p.is_file() and m and m.group(1) not in done:
+                p.unlink()
+                removed.append(str(p))
+        return removed
+
+    # ------------------------------------------------------------------ commit
+    def publish(self, run_id: str) -> list[str]:
+        """Move ``_staging/<run>/**`` into the output tree (same filesystem: atomic renames)."""
+        src = self.staging(run_id)
+        moved = []
+        for p in sorted(src.rglob("*")):
+            if p.is_file():
+                dst = self.out / p.relative_to(src)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(p, dst)
+                moved.append(str(dst.relative_to(self.out)))
+        shutil.rmtree(self.out / "_staging", ignore_errors=True)
+        return moved
+
+    def commit(self, run_id: str, files: dict[str, dict], summary: dict) -> None:
+        """Append the run; the atomic rename of ledger.json is the commit point."""
+        state = json.loads(json.dumps(self.state))
+        for digest, info in files.items():
+            state["files"][digest] = dict(info, run=run_id)
+        state["runs"].append({"run": run_id, "committed_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary})
+        atomic_write_json(self.path, state)
+        self.state = state
+
+
+def write_accepted(path: Path, table: pa.Table, emb: np.ndarray | None = None) -> None:
+    if emb is not None:
+        d = emb.shape[1] if emb.ndim == 2 else 0
+        table = table.append_column("emb", pa.FixedSizeListArray.from_arrays(
+            pa.array(emb.astype(np.float32).ravel(), pa.float32()), d))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    feather.write_feather(table, str(path), compression="zstd")
