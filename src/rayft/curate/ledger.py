@@ -37,7 +37,7 @@ def lock(out_dir: Path):
     """One curate run per output directory at a time (released by the OS on kill -9)."""
     d = Path(out_dir) / "_ledger"
     d.mkdir(parents=True, exist_ok=True)
-    with open(d / ".lock", "w") as f:
+    with open(d / ".lock", "a") as f:  # "a": an unchanged rerun touches nothing
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
