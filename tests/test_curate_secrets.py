@@ -64,7 +64,8 @@ DECOYS = [
     "reference 11010519491231002Y",                       # ID-like, bad check char
     "编号110105194912310021",                              # ID-like, bad checksum
     "commit 3f786850e387550fdab836ed7e6dc881de23001b",    # sha1
-    "request id 550e8400-e29b-41d4-a716-446655440000",
+    "request id 550e8400-e29b-41d4-a716-446655440000", "request id decb9128-870a-0041-2345-f9067533a9dd",
+    "id 12345678-1381-2345-6789-123456789012", "serial 138 1234 5678 9012 3",
     "v2.14.1 on 192.168.1.20", "it costs $1,234.56 or ¥12345",
     "I forgot my password, how do I reset it?", "the password is required to log in",
     "password: ********", "password: [PASSWORD]", "pwd=<your password>", "忘记密码怎么办？", "密码学是一门很有意思的学科", "密码是什么意思？",

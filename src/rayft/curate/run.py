@@ -65,6 +65,8 @@ def _ray_start(cfg: CurateConfig) -> bool:
     kw = dict(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": _env.worker_env()})
     if cfg.ray.address:
         ray.init(address=cfg.ray.address, **kw)
+    elif os.environ.get("RAY_ADDRESS"):  # under `ray job submit`: the job's cluster
+        ray.init(**kw)
     else:
         ray.init(num_cpus=cfg.ray.num_cpus or None, **kw)
     return True

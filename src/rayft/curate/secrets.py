@@ -119,13 +119,14 @@ def _cn_ids(text: str) -> list[Span]:
 
 
 # --------------------------------------------------------------------------- phones
-_CN_MOBILE = re.compile(r"(?<![0-9A-Za-z_+])(?<![0-9][ .-])(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?![0-9A-Za-z_])")
+_CN_MOBILE = re.compile(r"(?<![0-9A-Za-z_+])(?<![0-9A-Za-z][.-])(?<![0-9] )(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}"
+                        r"(?![0-9A-Za-z_]|[ .-][0-9])")
 # International: '+' or '00' country code, then 6-14 more digits in groups. A phone is never
-# a group inside a longer grouped digit run (card-like '6011 9647 0059 5066').
-_INTL = re.compile(r"(?<![0-9A-Za-z_])(?<![0-9][ .-])(?:\+|00)[1-9]\d{0,2}(?:[ .-]?\(?\d{1,5}\)?){2,6}"
-                   r"(?![0-9A-Za-z_]|[ .-][0-9])")
+# a group inside a longer grouped digit/hex run ('6011 9647 0059 5066', UUIDs).
+_INTL = re.compile(r"(?<![0-9A-Za-z_])(?<![0-9A-Za-z][.-])(?<![0-9] )(?:\+|00)[1-9]\d{0,2}(?:[ .-]?\(?\d{1,5}\)?){2,6}"
+                   r"(?![0-9A-Za-z_]|[.-][0-9A-Za-z]| [0-9])")
 # North American style with separators: (415) 555-2671, 415-555-2671, 415.555.2671.
-_NANP = re.compile(r"(?<![0-9A-Za-z_])(?<![0-9][ .-])(?:\(\d{3}\)\s?|\d{3}[-.])\d{3}[-.]\d{4}(?![0-9A-Za-z_]|[-.]\d)")
+_NANP = re.compile(r"(?<![0-9A-Za-z_])(?<![0-9A-Za-z][.-])(?<![0-9] )(?:\(\d{3}\)\s?|\d{3}[-.])\d{3}[-.]\d{4}(?![0-9A-Za-z_]|[-.]\d)")
 
 
 def _phones(text: str) -> list[Span]:

@@ -230,7 +230,17 @@ def exact_variant(r: random.Random, text: str) -> str:
 
 
 def edit(r: random.Random, text: str, lang: str, n_edits: int) -> str:
-    """A near copy: n character/word substitutions, insertions or deletions."""
+    """A near copy: n character/word substitutions, insertions or deletions (never identical
+    to the original after case/space folding, so a near copy is never an exact duplicate)."""
+    out = text
+    for _ in range(20):
+        out = _edit_once(r, text, lang, n_edits)
+        if out.casefold().split() != text.casefold().split():
+            break
+    return out
+
+
+def _edit_once(r: random.Random, text: str, lang: str, n_edits: int) -> str:
     for _ in range(n_edits):
         op = r.random()
         if lang == "en":
