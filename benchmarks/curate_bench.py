@@ -27,9 +27,9 @@ from rayft.cli import STAGES  # noqa: E402
 from rayft.config import load  # noqa: E402
 from rayft.curate import dedup as dd  # noqa: E402
 from rayft.curate import filters as F  # noqa: E402
-from rayft.curate import synth  # noqa: E402
+from rayft.curate import score, synth  # noqa: E402
 from rayft.curate.config import CurateConfig  # noqa: E402
-from rayft.curate.secrets import KINDS, find_secrets, mask  # noqa: E402
+from rayft.curate.secrets import find_secrets, mask  # noqa: E402
 
 
 def load_avg() -> str:
@@ -168,13 +168,13 @@ def main() -> None:
         shutil.rmtree(work / d, ignore_errors=True)
     result["rayft"] = rayft_run(data, work / "out_rayft", [])
     result["load_after_rayft"] = load_avg()
-    result["rayft"]["quality"] = synth.score(work / "out_rayft", gen / "truth.jsonl")
+    result["rayft"]["quality"] = score.score(work / "out_rayft", gen / "truth.jsonl")
     print(json.dumps(result["rayft"], indent=1, default=str), flush=True)
     if not args.skip_baseline:
         cfg = load(CurateConfig, REPO / "configs" / "curate.yaml", [f"input={data}", "output=unused"], STAGES["curate"][3])
         result["baseline"] = baseline(data, work / "out_baseline", cfg)
         result["load_after_baseline"] = load_avg()
-        result["baseline"]["quality"] = synth.score(work / "out_baseline", gen / "truth.jsonl")
+        result["baseline"]["quality"] = score.score(work / "out_baseline", gen / "truth.jsonl")
         print(json.dumps(result["baseline"], indent=1, default=str), flush=True)
     (work / "result.json").write_text(json.dumps(result, indent=1, default=str))
     r = result["rayft"]

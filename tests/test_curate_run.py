@@ -11,7 +11,7 @@ import pytest
 
 from rayft.cli import STAGES
 from rayft.config import load
-from rayft.curate import synth
+from rayft.curate import score, synth
 from rayft.curate.config import CurateConfig
 from rayft.curate.output import FILTERS
 from rayft.curate.run import run_curate
@@ -58,16 +58,16 @@ def test_report_accounting(synth_run):
         assert {"filter", "reason", "file", "line", "record"} <= set(r) and r["reason"]
         by_filter[r["filter"]] = by_filter.get(r["filter"], 0) + 1
     assert by_filter == {k: v["removed"] for k, v in rep["filters"].items() if v["removed"]}
-    kept, rej = synth.read_outputs(out)
+    kept, rej = score.read_outputs(out)
     assert len(kept) == rep["rows_kept"] and not set(kept) & set(rej)
-    assert set(kept) | set(rej) == set(synth.load_truth(info["truth"]))  # every input row accounted for once
+    assert set(kept) | set(rej) == set(score.load_truth(info["truth"]))  # every input row accounted for once
     assert sum(v for lang in rep["languages"].values() for v in lang.values()) == rep["rows_kept"]
     assert set(rep["languages"]) == {"en", "zh"}
 
 
 def test_quality_against_planted_truth(synth_run):
     info, out, _ = synth_run
-    s = synth.score(out, info["truth"])
+    s = score.score(out, info["truth"])
     assert s["missing"] == 0 and s["in_both"] == 0
     assert s["secrets"]["recall"] == 1.0 and all(k["recall"] == 1.0 for k in s["secrets"]["by_kind"].values())
     assert s["secrets"]["fp_rate_negatives"] <= 0.01 and s["secrets"]["fp_rate_decoys"] <= 0.01
@@ -132,7 +132,7 @@ def test_golden_rows_never_enter_train(ray_session, tmp_path):
     golden.write_text("".join(json.dumps(dict(r, id=f"g{k}"), ensure_ascii=False) + "\n" for k, r in enumerate(rows)))
     out = tmp_path / "out"
     curate(f"{data}/*", out, f"split.golden_path={golden}", "split.golden_fraction=0.1", "split.val_fraction=0.1")
-    kept, rej = synth.read_outputs(out)
+    kept, rej = score.read_outputs(out)
     gold = {k for k, r in kept.items() if r["split"] == "golden"}
     assert {(str(golden), i) for i in range(1, 21)} - set(rej) <= gold
     train_ids = {r["id"] for r in kept.values() if r["split"] == "train"}
@@ -156,7 +156,7 @@ def test_incremental_reruns(ray_session, tmp_path):
     assert curate(inbox, out).startswith("curated r0002")
     rep2 = json.loads((out / "report.json").read_text())
     assert rep2["files"]["ingested"] == 2 and rep2["files"]["skipped_unchanged"] == 2
-    assert rep2["rows_in"] == sum(1 for f in files[2:] for k in synth.load_truth(info["truth"]) if k[0] == str(f))
+    assert rep2["rows_in"] == sum(1 for f in files[2:] for k in score.load_truth(info["truth"]) if k[0] == str(f))
     # the same files in one run give the same kept rows and the same rejects
     for f in files:
         (tmp_path / "ref_in").mkdir(exist_ok=True)
@@ -164,7 +164,7 @@ def test_incremental_reruns(ray_session, tmp_path):
     curate(tmp_path / "ref_in", ref)
 
     def keyed(d):
-        kept, rej = synth.read_outputs(d)
+        kept, rej = score.read_outputs(d)
         return ({(Path(f).name, ln): r["split"] for (f, ln), r in kept.items()},
                 {(Path(f).name, ln): r["filter"] for (f, ln), r in rej.items()})
     assert keyed(out) == keyed(ref)
@@ -186,7 +186,7 @@ def test_incremental_reruns(ray_session, tmp_path):
     with drop.open("a", encoding="utf-8") as f:
         f.write(json.dumps({"prompt": "Another unseen prompt zxcvbnm?", "response": "Another unseen reply, long enough."}) + "\n")
     assert curate(inbox, out).startswith("curated r0004: 1 of 7 rows kept")
-    kept, rej = synth.read_outputs(out)
+    kept, rej = score.read_outputs(out)
     # row 6 was accepted in r0003; re-read in r0004 it is rejected as a duplicate of itself
     assert set(kept) & set(rej) == {(str(drop), 6)}
     assert rej[(str(drop), 6)]["reason"] == f"exact duplicate of previously accepted {drop}:6"
