@@ -228,3 +228,21 @@ def test_embedding_near_dup(ray_session, tmp_path):
     assert rep["filters"]["embed_dedup"]["removed"] == 1  # ... the embedding catches it
     (r,) = [x for x in _rejects(out) if x["filter"] == "embed_dedup"]
     assert r["line"] == 2 and "cosine" in r["reason"] and f"{inbox / 'a.jsonl'}:1" in r["reason"]
+
+
+def test_rerun_with_other_minhash_params_still_dedups_against_the_ledger(ray_session, tmp_path):
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    texts = ["The river bends twice before it reaches the old mill, where the heron waits every morning.",
+             "城市的夜晚很安静，只有远处的火车声和楼下小店里传来的收音机声音。",
+             "Kneading the dough for ten minutes builds gluten, so the loaf rises high and stays soft."]
+    (inbox / "a.jsonl").write_text("".join(json.dumps({"prompt": f"Q{k}", "response": t}, ensure_ascii=False) + "\n"
+                                           for k, t in enumerate(texts)))
+    curate(inbox, out)
+    copies = [t[:-1] + ("！" if t.endswith("。") else "!") for t in texts]  # Jaccard ~0.93-0.97
+    (inbox / "b.jsonl").write_text("".join(json.dumps({"prompt": f"Q{k}", "response": t}, ensure_ascii=False) + "\n"
+                                           for k, t in enumerate(copies)))
+    assert curate(inbox, out, "dedup.bands=16", "dedup.rows=8").startswith("curated r0002: 0 of 3 rows kept")
+    rej = [r for r in _rejects(out) if r["file"].endswith("b.jsonl")]
+    assert [r["filter"] for r in rej] == ["near_dedup"] * 3
+    assert all("near duplicate of previously accepted" in r["reason"] for r in rej)

@@ -21,6 +21,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -72,32 +73,40 @@ class Ledger:
     def staging(self, run_id: str) -> Path:
         return self.out / "_staging" / run_id
 
-    def accepted(self, num_perm: int) -> pa.Table:
-        """Every previously accepted row (hash, file, line, dtext, sig[, emb]) in commit order."""
+    def accepted(self, params: dict, signer: Callable[[list[str]], pa.Array]) -> pa.Table:
+        """Every previously accepted row (hash, file, line, dtext, sig) in commit order.
+
+        Signatures of runs made with other MinHash parameters (``params``: ngram, bands,
+        rows, seed) are recomputed from the stored dedup text with ``signer``.
+        """
         parts = []
         for r in self.runs:
             p = self.dir / f"accepted-{r['run']}.arrow"
-            if p.exists():
-                t = feather.read_table(p)
-                if "emb" in t.column_names:
-                    t = t.drop_columns(["emb"])
-                parts.append(t.select(list(ACCEPTED_COLUMNS)))
+            if not p.exists():
+                continue
+            t = feather.read_table(p).select(list(ACCEPTED_COLUMNS))
+            if r.get("minhash") != params:
+                t = t.set_column(t.column_names.index("sig"), "sig", signer(t["dtext"].to_pylist()))
+            parts.append(t)
         if not parts:
             return pa.table({"hash": pa.array([], pa.string()), "file": pa.array([], pa.string()),
                              "line": pa.array([], pa.int64()), "dtext": pa.array([], pa.string()),
-                             "sig": pa.array([], pa.list_(pa.uint32(), num_perm))})
-        return pa.concat_tables(parts, promote_options="permissive")
+                             "sig": signer([])})
+        return pa.concat_tables(parts)
 
-    def accepted_embeddings(self) -> np.ndarray | None:
-        """Embeddings of previously accepted rows, or None when some run stored none."""
+    def accepted_embeddings(self, model: str) -> np.ndarray | None:
+        """Embeddings of previously accepted rows by ``model``; None when some run has none
+        (embedding dedup then compares within the new rows only)."""
         embs = []
         for r in self.runs:
             p = self.dir / f"accepted-{r['run']}.arrow"
             if not p.exists():
                 continue
             t = feather.read_table(p)
-            if "emb" not in t.column_names:
-                return None if t.num_rows else np.zeros((0, 0), np.float32)
+            if not t.num_rows:
+                continue
+            if "emb" not in t.column_names or r.get("embed_model") != model:
+                return None
             embs.append(np.asarray(t["emb"].combine_chunks().flatten()).reshape(t.num_rows, -1))
         return np.concatenate(embs) if embs else None
 

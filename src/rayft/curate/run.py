@@ -28,6 +28,7 @@ import pyarrow as pa
 from ..config import from_dict, to_dict
 from ..data.formats import DataError, resolve_paths
 from . import assemble, output
+from . import dedup as dd
 from .config import CurateConfig
 from .filters import process_task
 from .ledger import Ledger, lock, write_accepted
@@ -53,6 +54,17 @@ class Embedder:
         emb = self.model.encode(batch["text"].to_pylist(), normalize_embeddings=True, convert_to_numpy=True)
         arr = pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float32).ravel()), emb.shape[1])
         return pa.table({"k": batch["k"], "emb": arr})
+
+
+def _minhash_params(cfg: CurateConfig) -> dict:
+    d = cfg.dedup
+    return {"ngram": d.ngram, "bands": d.bands, "rows": d.rows, "seed": d.seed}
+
+
+def _signer(texts: list[str], cfg: CurateConfig) -> pa.Array:
+    d = cfg.dedup
+    sig = dd.minhash(texts, d.ngram, d.bands * d.rows, d.seed)
+    return pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel(), pa.uint32()), d.bands * d.rows)
 
 
 def _ray_start(cfg: CurateConfig) -> bool:
@@ -133,7 +145,7 @@ def run_curate(cfg: CurateConfig) -> str:
             unreadable = sorted({f for f, r in zip(w.col("file"), w.reason) if r.startswith("unreadable")})
             if unreadable and cfg.data.on_unreadable == "fail":
                 raise DataError("unreadable input files (data.on_unreadable=fail): " + ", ".join(unreadable))
-            prior = led.accepted(cfg.dedup.bands * cfg.dedup.rows)
+            prior = led.accepted(_minhash_params(cfg), lambda texts: _signer(texts, cfg))
             assemble.exact_dedup(w, prior, cfg)
             assemble.near_dedup(w, prior, cfg)
             emb = None
@@ -141,7 +153,7 @@ def run_curate(cfg: CurateConfig) -> str:
                 rows = w.alive()
                 get = assemble.texts_of(w, rows)
                 emb_all = _embed([get(k) for k in range(len(rows))], cfg)
-                assemble.embed_dedup(w, rows, emb_all, led.accepted_embeddings(), prior, cfg)
+                assemble.embed_dedup(w, rows, emb_all, led.accepted_embeddings(cfg.embed.model), prior, cfg)
                 keep = [k for k, i in enumerate(rows) if not w.filt[i]]
                 emb = emb_all[keep]
             assemble.assign_splits(w, cfg)
@@ -172,6 +184,7 @@ def run_curate(cfg: CurateConfig) -> str:
             print(f"RAYFT_CURATE_PAUSE_BEFORE_COMMIT: outputs of {run_id} in place, ledger not committed", flush=True)
             time.sleep(pause)
         led.commit(run_id, files, {"rows_in": report["rows_in"], "rows_kept": report["rows_kept"],
-                                   "rows_rejected": report["rows_rejected"]})
+                                   "rows_rejected": report["rows_rejected"], "minhash": _minhash_params(cfg),
+                                   "embed_model": cfg.embed.model})
     return (f"curated {run_id}: {report['rows_kept']} of {report['rows_in']} rows kept "
             f"({report['rows_rejected']} rejected) in {timing['total_s']} s -> {out} (report: {out / 'report.json'})")
