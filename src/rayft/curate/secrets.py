@@ -196,6 +196,7 @@ def _api_keys(text: str, min_len: int = 32, min_bits: float = 4.0) -> list[Span]
 
 
 # --------------------------------------------------------------------------- all kinds
+_DIGIT_RUN = re.compile(r"\d(?:[ .()+-]{0,2}\d){6}")
 _NON_DIGIT_BYTES = bytes(i for i in range(256) if not 48 <= i <= 57)
 
 
@@ -209,7 +210,8 @@ def find_secrets(text: str, kinds: tuple[str, ...] = KINDS, min_len: int = 32,
     """All spans of the requested kinds, sorted, overlaps resolved (earlier/longer wins)."""
     spans: list[Span] = []
     # Cheap gates first: most text has fewer than 7 digits, no '@' and no password keyword.
-    digits = len(text.encode("utf-8", "replace").translate(None, _NON_DIGIT_BYTES)) >= 7
+    digits = (len(text.encode("utf-8", "replace").translate(None, _NON_DIGIT_BYTES)) >= 7
+              and _DIGIT_RUN.search(text) is not None)  # every digit kind has 7+ digits, <= 2 separators apart
     if "password" in kinds and _pw_hint(text):
         spans += _passwords(text)
     if digits:
