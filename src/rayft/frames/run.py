@@ -1,0 +1,284 @@
+"""`rayft frames embed`: discover episodes -> Ray Data decode tasks -> open_clip actor pool ->
+sharded Parquet per episode, resumable with one completion marker per episode.
+
+Output layout (``embed.output``)::
+
+    embeddings/<episode-id>/part-00000.parquet   path, episode, frame_index, width, height, embedding
+    _done/<episode-id>.json                     written last per episode: counts, rejects
+    model.json                                  the model the embeddings came from
+    rejects.jsonl, report.json                  every rejected frame with its reason; run totals
+
+The driver streams results (``iter_batches``) and writes each episode's Parquet itself,
+so an episode is marked done the moment its last frame arrives; a killed run loses at
+most the episodes in flight, and a rerun skips every marked episode.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import _env
+from ..config import ConfigError, to_dict
+from ..storage import atomic_write_json, is_done, mark_done, read_jsonl, write_jsonl
+from .config import FramesConfig
+from .decode import decode_batch, reason_kind
+from .embed import ClipEmbedder, model_image_size
+
+EMB_SCHEMA_FIELDS = [("path", pa.string()), ("episode", pa.string()), ("frame_index", pa.int32()),
+                     ("width", pa.int32()), ("height", pa.int32())]
+
+
+def episode_id(name: str) -> str:
+    """Filesystem-safe, collision-free directory/marker name for an episode."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "root"
+    return f"{safe[:80]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def _natural_key(s: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def discover(root: str | Path, extensions: list[str]) -> tuple[dict[str, list[str]], Counter, dict[str, str]]:
+    """Episodes under ``root``: {episode: sorted frame paths}, ignored files by extension,
+    and {episode: error} for folders that could not be listed (they do not stop the rest)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"embed.input: not a directory: {root}")
+    exts = {"." + e.lower().lstrip(".") for e in extensions}
+    episodes: dict[str, list[str]] = {}
+    ignored: Counter = Counter()
+    errors: dict[str, str] = {}
+
+    def onerror(e: OSError) -> None:
+        errors[os.path.relpath(e.filename, root) if e.filename else "?"] = f"cannot list: {e.strerror}"
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        frames = []
+        for f in filenames:
+            if f.startswith("."):
+                continue
+            ext = os.path.splitext(f)[1].lower()
+            if ext in exts:
+                frames.append(f)
+            elif dirpath != str(root):
+                ignored[ext or "(none)"] += 1
+        if frames:
+            rel = os.path.relpath(dirpath, root)
+            name = "_root" if rel == "." else Path(rel).as_posix()
+            episodes[name] = [os.path.join(dirpath, f) for f in sorted(frames, key=_natural_key)]
+    return dict(sorted(episodes.items())), ignored, errors
+
+
+class EpisodeWriter:
+    """Buffers streamed rows per episode; writes Parquet parts and the completion marker."""
+
+    def __init__(self, out: Path, expected: dict[str, int], rows_per_file: int):
+        self.out, self.expected, self.rows_per_file = out, expected, rows_per_file
+        self.buf: dict[str, list[dict]] = {}
+        self.got = Counter()
+        self.parts = Counter()
+        self.embedded = Counter()
+        self.rejects: dict[str, list[dict]] = {}
+        self.converted: dict[str, Counter] = {}
+        self.finished: list[str] = []
+
+    def add(self, batch: dict) -> int:
+        eps = np.asarray(batch["episode"], dtype=object)
+        for ep in dict.fromkeys(eps.tolist()):  # episodes in arrival order
+            m = eps == ep
+            rej = np.asarray(batch["reject"], dtype=object)[m]
+            conv = np.asarray(batch["converted"], dtype=object)[m]
+            paths = np.asarray(batch["path"], dtype=object)[m]
+            ok = np.array([not r for r in rej], dtype=bool)
+            for p, r in zip(paths[~ok], rej[~ok]):
+                self.rejects.setdefault(ep, []).append({"path": p, "episode": ep, "reason": r})
+            self.converted.setdefault(ep, Counter()).update(c for c in conv[ok] if c)
+            if ok.any():
+                self.buf.setdefault(ep, []).append({
+                    "path": paths[ok], "episode": eps[m][ok],
+                    "frame_index": np.asarray(batch["frame_index"])[m][ok],
+                    "width": np.asarray(batch["width"])[m][ok], "height": np.asarray(batch["height"])[m][ok],
+                    "embedding": np.asarray(batch["embedding"])[m][ok]})
+                self.embedded[ep] += int(ok.sum())
+            self.got[ep] += int(m.sum())
+            if sum(len(b["path"]) for b in self.buf.get(ep, [])) >= self.rows_per_file:
+                self._flush(ep)
+            if self.got[ep] >= self.expected[ep]:
+                self._finish(ep)
+        return len(eps)
+
+    def _flush(self, ep: str) -> None:
+        chunks = self.buf.pop(ep, [])
+        if not chunks:
+            return
+        cols = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+        emb = cols.pop("embedding").astype(np.float32)
+        d = emb.shape[1]
+        arrays = [pa.array(cols[k].tolist() if t == pa.string() else cols[k], type=t) for k, t in EMB_SCHEMA_FIELDS]
+        offsets = pa.array(np.arange(0, (len(emb) + 1) * d, d, dtype=np.int32))
+        arrays.append(pa.ListArray.from_arrays(offsets, pa.array(emb.ravel())))
+        table = pa.Table.from_arrays(arrays, names=[k for k, _ in EMB_SCHEMA_FIELDS] + ["embedding"])
+        path = self.out / "embeddings" / episode_id(ep) / f"part-{self.parts[ep]:05d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name("." + path.name + ".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+        self.parts[ep] += 1
+
+    def _finish(self, ep: str) -> None:
+        self._flush(ep)
+        rej = self.rejects.get(ep, [])
+        mark_done(self.out / "_done", episode_id(ep) + ".json", {
+            "episode": ep, "files": self.expected[ep], "embedded": self.embedded[ep], "rejected": len(rej),
+            "converted": dict(self.converted.get(ep, {})), "rejects": rej, "parts": self.parts[ep]})
+        self.finished.append(ep)
+
+
+def _init_ray() -> bool:
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kw = {"runtime_env": {"env_vars": _env.worker_env()}}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(**kw)
+    else:
+        ray.init(include_dashboard=False, **kw)
+    return True
+
+
+def _check_model(out: Path, cfg: FramesConfig, any_done: bool) -> None:
+    meta = {"name": cfg.model.name, "pretrained": cfg.model.pretrained, "image_size": cfg.model.image_size,
+            "seed": cfg.model.seed}
+    p = out / "model.json"
+    if p.exists() and any_done:
+        old = json.loads(p.read_text())
+        if {k: old.get(k) for k in meta} != meta:
+            raise ConfigError(f"{out} holds embeddings from model {old}; this config uses {meta}. "
+                              "Use a new embed.output (mixing models makes clusters meaningless)")
+    atomic_write_json(p, {**to_dict(cfg.model), **meta})
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="frame", unit_scale=True, smoothing=0.1, dynamic_ncols=True,
+                disable=not enabled, file=sys.stderr, desc="embed")
+
+
+def build_dataset(cfg: FramesConfig, todo: dict[str, list[str]], gpus: float):
+    """The Ray Data pipeline: rows (path, episode, frame_index) -> decode tasks -> CLIP actors."""
+    import ray
+
+    e = cfg.embed
+    device = e.device if e.device != "auto" else ("cuda" if gpus >= 1 else "cpu")
+    actors = e.concurrency or (max(1, int(gpus)) if device == "cuda" else 1)
+    tables = [pa.table({"path": paths, "episode": [ep] * len(paths),
+                        "frame_index": np.arange(len(paths), dtype=np.int32)}) for ep, paths in todo.items()]
+    size = model_image_size(cfg.model)
+    ds = ray.data.from_arrow(tables)
+    ds = ds.map_batches(decode_batch, batch_size=e.decode_batch_size, num_cpus=e.decode_num_cpus,
+                        fn_kwargs={"size": size, "max_pixels": e.max_image_pixels, "min_side": e.min_side})
+    ds = ds.map_batches(ClipEmbedder, batch_size=e.batch_size, concurrency=actors,
+                        num_cpus=e.actor_num_cpus, num_gpus=1 if device == "cuda" else 0,
+                        fn_constructor_kwargs={"model_cfg": to_dict(cfg.model), "device": device,
+                                               "threads": e.threads, "actors": actors})
+    return ds, {"device": device, "actors": actors, "image_size": size}
+
+
+def run_embed(cfg: FramesConfig) -> str:
+    """`rayft frames embed`: returns the output directory (printed last by the CLI)."""
+    _env.apply()
+    e = cfg.embed
+    if not e.input or not e.output:
+        raise ConfigError("frames embed needs embed.input and embed.output (or input=DIR output=DIR)")
+    out = Path(e.output)
+    t0 = time.time()
+    episodes, ignored, errors = discover(e.input, e.extensions)
+    done_dir = out / "_done"
+    skipped, todo = [], {}
+    for ep, paths in episodes.items():
+        marker = done_dir / (episode_id(ep) + ".json")
+        if is_done(done_dir, marker.name) and json.loads(marker.read_text()).get("files") == len(paths):
+            skipped.append(ep)
+        else:
+            todo[ep] = paths
+    if e.max_episodes:
+        todo = dict(list(todo.items())[: e.max_episodes])
+    out.mkdir(parents=True, exist_ok=True)
+    _check_model(out, cfg, bool(skipped))
+    for ep in todo:  # partial parts from a killed run are rewritten from scratch
+        shutil.rmtree(out / "embeddings" / episode_id(ep), ignore_errors=True)
+    total = sum(len(p) for p in todo.values())
+    print(f"frames embed: {len(episodes)} episodes ({len(skipped)} already done, {len(todo)} to do, "
+          f"{total} frames) -> {out}", file=sys.stderr)
+    writer = EpisodeWriter(out, {ep: len(p) for ep, p in todo.items()}, e.rows_per_file)
+    info: dict = {}
+    run_error = ""
+    if todo:
+        import ray
+        from ray.data import DataContext
+
+        started = _init_ray()
+        try:
+            ctx = DataContext.get_current()
+            ctx.max_errored_blocks = e.max_errored_blocks
+            ctx.enable_progress_bars = False
+            ds, info = build_dataset(cfg, todo, ray.cluster_resources().get("GPU", 0))
+            with _progress(total, e.progress) as bar:
+                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    bar.update(writer.add(batch))
+        except Exception as ex:  # noqa: BLE001 - finished episodes are already marked; report the rest
+            run_error = f"{type(ex).__name__}: {ex}"
+            print(f"frames embed: pipeline stopped: {run_error}", file=sys.stderr)
+        finally:
+            if started:
+                ray.shutdown()
+    seconds = time.time() - t0
+    report = _report(out, episodes, skipped, todo, writer, ignored, errors, info, seconds, run_error)
+    print(f"frames embed: {report['frames_embedded_this_run']} frames in {seconds:.1f}s "
+          f"({report['frames_per_s']:.1f} frames/s), {report['frames_rejected']} rejected, "
+          f"{len(report['episodes_incomplete'])} episodes incomplete", file=sys.stderr)
+    return str(out)
+
+
+def _report(out, episodes, skipped, todo, writer, ignored, errors, info, seconds, run_error) -> dict:
+    markers = [json.loads(p.read_text()) for p in sorted((out / "_done").glob("*.json"))]
+    rejects = [r for m in markers for r in m.get("rejects", [])]
+    write_jsonl(out / "rejects.jsonl", rejects)
+    conv = Counter()
+    for m in markers:
+        conv.update(m.get("converted", {}))
+    incomplete = [ep for ep in todo if ep not in set(writer.finished)]
+    this_run = sum(writer.got.values())
+    report = {
+        "input": str(Path(next(iter(episodes.values()))[0]).parents[0]) if episodes else "",
+        "episodes_found": len(episodes), "episodes_skipped_done": len(skipped),
+        "episodes_done_this_run": len(writer.finished), "episodes_incomplete": incomplete,
+        "episode_errors": errors, "frames_found": sum(len(p) for p in episodes.values()),
+        "frames_embedded": sum(m.get("embedded", 0) for m in markers),
+        "frames_rejected": len(rejects),
+        "reject_reasons": dict(Counter(reason_kind(r["reason"]) for r in rejects)),
+        "converted_modes": dict(conv), "ignored_files_by_extension": dict(ignored),
+        "frames_processed_this_run": this_run, "frames_embedded_this_run": sum(writer.embedded.values()),
+        "seconds": round(seconds, 2), "frames_per_s": round(this_run / seconds, 2) if seconds > 0 else 0.0,
+        "pipeline": info, "error": run_error,
+    }
+    atomic_write_json(out / "report.json", report)
+    return report
+
+
+def read_rejects(out: str | Path) -> list[dict]:
+    return read_jsonl(Path(out) / "rejects.jsonl")
