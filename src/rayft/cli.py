@@ -30,6 +30,23 @@ STAGES: dict[str, tuple[str, str, str, dict]] = {
     "frames export": ("rayft.frames.config:FramesConfig", "rayft.clustering.export:run_export",
                       "export one training folder per character cluster with captions and contact sheets",
                       {"input": "export.input", "output": "export.output"}),
+    "eval": ("rayft.evaluate.config:EvalConfig", "rayft.evaluate.run:run_eval",
+             "score a candidate run vs the champion (or base) on val + golden with Ray Data; gate; eval.json",
+             {"run": "candidate"}),
+    "registry list": ("rayft.registry.commands:RegistryConfig", "rayft.registry.commands:run_list",
+                      "list registry versions with aliases, scores and gate decisions", {}),
+    "registry show": ("rayft.registry.commands:RegistryConfig", "rayft.registry.commands:run_show",
+                      "print a version's manifest (lineage, metrics, artifact hashes)", {}),
+    "registry add": ("rayft.registry.commands:RegistryConfig", "rayft.registry.commands:run_add",
+                     "register a finished run (with its eval.json) as a new immutable version", {}),
+    "registry promote": ("rayft.registry.commands:RegistryConfig", "rayft.registry.commands:run_promote",
+                         "make a version the champion (hash-checked, gate-checked)", {}),
+    "registry rollback": ("rayft.registry.commands:RegistryConfig", "rayft.registry.commands:run_rollback",
+                          "move champion back to the previous version", {}),
+    "registry cleanup": ("rayft.registry.commands:RegistryConfig", "rayft.registry.commands:run_cleanup",
+                         "keep the N best versions, never deleting champion or previous", {}),
+    "serve": ("rayft.serve.config:ServeConfig", "rayft.serve.run:run_serve",
+              "host the registry champions on Ray Serve behind an OpenAI-compatible API", {}),
 }
 
 

@@ -1,0 +1,128 @@
+"""``rayft registry list | show | add | promote | rollback | cleanup``.
+
+Each returns the text the CLI prints. Registry errors surface as ``ConfigError`` so the
+CLI prints one line and exits 2, with the registry unchanged.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ConfigError, opt
+from .lineage import RegistryError
+from .registry import Registry
+
+
+@dataclass
+class RegistryConfig:
+    uri: str = opt("runs/registry", "registry root: a local path or a pyarrow filesystem URI (s3://..., file://...)")
+    name: str = opt("default", "model line inside the registry (e.g. default, en, zh)")
+    version: str = opt("", "version id (v{unix_ts}_{hash4}) or alias (champion, previous); "
+                       "show defaults to champion")
+    run: str = opt("", "add: run directory written by `rayft train`")
+    eval: str = opt("", "add: eval.json from `rayft eval` (default <run>/eval.json when it exists)")
+    force: bool = opt(False, "promote a version that did not pass the gate against the current champion")
+    keep_best: int = opt(0, "cleanup (and after add/promote): keep the N best-scoring versions; "
+                         "champion and previous are never deleted (0: keep all)")
+    json: bool = opt(False, "print JSON instead of a table")
+
+
+@contextlib.contextmanager
+def _errors():
+    try:
+        yield
+    except RegistryError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _reg(cfg: RegistryConfig) -> Registry:
+    return Registry(cfg.uri, cfg.name)
+
+
+def _fmt_score(m: dict) -> str:
+    s = m.get("score") or {}
+    v = s.get("value")
+    return "-" if v is None else f"{s['metric']}={v:.4g}"
+
+
+def run_list(cfg: RegistryConfig) -> str:
+    """Table (or JSON) of every version with its aliases, score and gate decision."""
+    with _errors():
+        reg = _reg(cfg)
+        a, vs = reg.aliases(), reg.versions()
+    if cfg.json:
+        return json.dumps({"aliases": a, "versions": [{k: m.get(k) for k in (
+            "version", "created", "kind", "score", "parent", "artifact_digest")} | {
+            "decision": (m.get("eval") or {}).get("decision")} for m in vs]}, indent=2)
+    if not vs:
+        return f"registry {cfg.uri} / {cfg.name}: no versions"
+    tags = {}
+    for alias in ("champion", "previous"):
+        if a.get(alias):
+            tags.setdefault(a[alias], []).append(alias)
+    lines = [f"{'version':<20} {'created (UTC)':<20} {'kind':<5} {'gate':<8} {'score':<28} aliases"]
+    for m in vs:
+        when = dt.datetime.fromtimestamp(m["created"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        lines.append(f"{m['version']:<20} {when:<20} {m['kind']:<5} "
+                     f"{(m.get('eval') or {}).get('decision') or '-':<8} {_fmt_score(m):<28} "
+                     f"{','.join(tags.get(m['version'], []))}")
+    return "\n".join(lines)
+
+
+def run_show(cfg: RegistryConfig) -> str:
+    """A version's full manifest (lineage, metrics, artifact hashes), as JSON."""
+    with _errors():
+        m = _reg(cfg).get(cfg.version or "champion")
+    return json.dumps(m, indent=2, ensure_ascii=False, default=str)
+
+
+def run_add(cfg: RegistryConfig) -> str:
+    """Register a finished run (with its eval.json when present); prints the version id."""
+    if not cfg.run:
+        raise ConfigError("run is required: the run directory printed by `rayft train`")
+    run = Path(os.path.expanduser(cfg.run))
+    ev_path = Path(os.path.expanduser(cfg.eval)) if cfg.eval else run / "eval.json"
+    if cfg.eval and not ev_path.exists():
+        raise ConfigError(f"eval: {ev_path} not found")
+    ev = json.loads(ev_path.read_text()) if ev_path.exists() else None
+    with _errors():
+        reg = _reg(cfg)
+        m = reg.register(run, ev)
+        reg.cleanup(cfg.keep_best)
+    return m["version"]
+
+
+def _aliases_line(reg: Registry, a: dict) -> str:
+    return f"{reg.name}: champion={a.get('champion')} previous={a.get('previous')}"
+
+
+def run_promote(cfg: RegistryConfig) -> str:
+    """Move champion to ``version`` (after re-checking its artifact hashes and gate decision)."""
+    if not cfg.version:
+        raise ConfigError("version is required: a version id from `rayft registry list`")
+    with _errors():
+        reg = _reg(cfg)
+        a = reg.promote(cfg.version, force=cfg.force)
+        reg.cleanup(cfg.keep_best)
+    return _aliases_line(reg, a)
+
+
+def run_rollback(cfg: RegistryConfig) -> str:
+    """Champion back to the previous version (after re-checking its artifact hashes)."""
+    with _errors():
+        reg = _reg(cfg)
+        a = reg.rollback()
+    return _aliases_line(reg, a)
+
+
+def run_cleanup(cfg: RegistryConfig) -> str:
+    """Delete all but the keep_best best versions (never champion or previous)."""
+    if cfg.keep_best < 1:
+        raise ConfigError("keep_best must be >= 1 for cleanup")
+    with _errors():
+        gone = _reg(cfg).cleanup(cfg.keep_best)
+    return "deleted: " + (", ".join(gone) if gone else "(nothing)")
