@@ -56,6 +56,10 @@ def test_ledger_gc_removes_only_uncommitted_run_files(tmp_path):
     for f in files:
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / f).write_text("x")
+    for run in ("r0001", "r0002"):
+        (tmp_path / "reports" / f"{run}.json").write_text(json.dumps({"run": run}))
+    # killed after publishing r0002 and before its ledger commit: report.json describes r0002
+    (tmp_path / "report.json").write_text(json.dumps({"run": "r0002"}))
     led.commit("r0001", {"abc": {"path": "a.jsonl"}}, {"rows_in": 1})
     assert Ledger(tmp_path).committed() == {"r0001"} and Ledger(tmp_path).has_file("abc")
     removed = Ledger(tmp_path).gc()
@@ -63,7 +67,14 @@ def test_ledger_gc_removes_only_uncommitted_run_files(tmp_path):
     assert left == sorted(["en/train/part-r0001-00000.parquet", "rejects/r0001.low_value.jsonl",
                            "_ledger/accepted-r0001.arrow", "reports/r0001.json", "notes.txt", "report.json",
                            "_ledger/ledger.json"])
-    assert len(removed) == 5 and Ledger(tmp_path).next_run_id() == "r0002"
+    assert len(removed) == 6 and Ledger(tmp_path).next_run_id() == "r0002"
+    assert json.loads((tmp_path / "report.json").read_text()) == {"run": "r0001"}  # the last committed run's
+    assert Ledger(tmp_path).gc() == []  # nothing stale left
+    # no committed run at all: a stale report.json is removed
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "report.json").write_text(json.dumps({"run": "r0001"}))
+    assert Ledger(fresh).gc() == [str(fresh / "report.json")] and not (fresh / "report.json").exists()
 
 
 def test_ledger_publish_moves_staging_into_place(tmp_path):

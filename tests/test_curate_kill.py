@@ -91,6 +91,10 @@ def test_kill_between_outputs_and_ledger_commit(dataset, tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+    assert json.loads((out / "report.json").read_text())["run"] == "r0002"  # published, not committed ...
+    from rayft.curate.ledger import Ledger
+    Ledger(out).gc()  # (what the rerun does first)
+    assert json.loads((out / "report.json").read_text())["run"] == "r0001" and not list(out.rglob("*r0002*"))
     # ... the rerun (through the jobs script) discards them and redoes r0002
     assert _run(inbox, out, addr, job=True).startswith("curated r0002")
     assert _state(out) == ref_state

@@ -143,6 +143,35 @@ def test_golden_rows_never_enter_train(ray_session, tmp_path):
     assert sum(r["split"] == "val" for r in kept.values()) > 0
 
 
+def test_golden_file_added_after_its_rows_were_accepted(ray_session, tmp_path):
+    """A golden file arriving later than copies of its rows: golden and train stay disjoint,
+    and the run says loudly that those golden rows were lost to earlier train rows."""
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    rows = [{"id": f"t{k}", "prompt": f"Question {k}: how does the {w} work?",
+             "response": f"The {w} works by turning {k} wheels, one after another, every morning."}
+            for k, w in enumerate(["mill", "pump", "lock", "loom", "kiln", "forge"])]
+    (inbox / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert curate(inbox, out, "split.val_fraction=0").startswith("curated r0001: 6 of 6")
+    golden = tmp_path / "golden.jsonl"
+    new = {"id": "g-new", "prompt": "What is a sundial?", "response": "A flat plate with a gnomon that casts the time."}
+    golden.write_text("".join(json.dumps(dict(r, id=f"g{k}")) + "\n" for k, r in enumerate(rows[:3])) + json.dumps(new) + "\n")
+    msg = curate(inbox, out, "split.val_fraction=0", f"split.golden_path={golden}")
+    assert msg.startswith("curated r0002: 1 of 4 rows kept") and "WARNING: 3 golden row(s)" in msg
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["golden"]["files_rows_in"] == 4 and rep["golden"]["files_rows_kept"] == 1
+    conf = rep["golden"]["duplicates_of_earlier_train_rows"]
+    assert conf["count"] == 3 and {c["accepted_split"] for c in conf["examples"]} == {"train"}
+    kept, _ = score.read_outputs(out)
+    train = {r["id"] for r in kept.values() if r["split"] == "train"}
+    gold = {r["id"] for r in kept.values() if r["split"] == "golden"}
+    assert gold == {"g-new"} and len(train) == 6 and not gold & train
+    # a new file repeating a golden row is a duplicate of the golden row: no warning, golden wins
+    (inbox / "b.jsonl").write_text(json.dumps(dict(new, id="copy")) + "\n")
+    msg = curate(inbox, out, "split.val_fraction=0", f"split.golden_path={golden}")
+    assert msg.startswith("curated r0003: 0 of 1 rows kept") and "WARNING" not in msg
+
+
 def test_incremental_reruns(ray_session, tmp_path):
     info = synth.generate(tmp_path / "gen", n=800, seed=9, n_files=4)
     files = sorted(Path(info["data"]).iterdir())
@@ -201,7 +230,8 @@ def test_unreadable_files_are_reported_and_the_run_goes_on(ray_session, tmp_path
     (inbox / "bad.parquet").write_bytes(b"PAR1 definitely not parquet")
     (inbox / "latin1.jsonl").write_bytes(b'{"prompt": "caf\xe9", "response": "na\xefve"}\n')
     out = tmp_path / "out"
-    curate(inbox, out)
+    msg = curate(inbox, out)
+    assert "2 unreadable file(s) skipped" in msg and str(inbox / "bad.parquet") in msg
     rep = json.loads((out / "report.json").read_text())
     unreadable = {u["path"]: u["reason"] for u in rep["files"]["unreadable"]}
     assert set(unreadable) == {str(inbox / "bad.parquet"), str(inbox / "latin1.jsonl")}

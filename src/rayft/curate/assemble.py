@@ -24,6 +24,7 @@ class Working:
     filt: list[str]
     reason: list[str]
     split: list[str] = field(default_factory=list)
+    prior_dup: dict[int, int] = field(default_factory=dict)  # row -> index of the accepted row it duplicates
 
     @classmethod
     def of(cls, table: pa.Table) -> "Working":
@@ -56,7 +57,7 @@ def exact_dedup(w: Working, prior: pa.Table, cfg: CurateConfig) -> int:
     hashes = w.table["_hash"].to_pylist()
     files, lines = w.col("file"), w.col("line")
     pf, pl = prior["file"].to_pylist(), prior["line"].to_pylist()
-    prior_map = {h: f"previously accepted {pf[k]}:{pl[k]}" for k, h in enumerate(prior["hash"].to_pylist())}
+    prior_map = {h: ("prior", k) for k, h in enumerate(prior["hash"].to_pylist())}
     dup = dd.exact_duplicates([hashes[i] for i in alive], prior_map)
     n = 0
     for k, d in enumerate(dup):
@@ -64,7 +65,11 @@ def exact_dedup(w: Working, prior: pa.Table, cfg: CurateConfig) -> int:
             continue
         i = alive[k]
         w.filt[i] = "exact_dedup"
-        w.reason[i] = f"exact duplicate of {d if isinstance(d, str) else _where(files, lines, alive[d])}"
+        if isinstance(d, tuple):
+            w.prior_dup[i] = d[1]
+            w.reason[i] = f"exact duplicate of previously accepted {pf[d[1]]}:{pl[d[1]]}"
+        else:
+            w.reason[i] = f"exact duplicate of {_where(files, lines, alive[d])}"
         n += 1
     return n
 
@@ -110,6 +115,8 @@ def near_dedup(w: Working, prior: pa.Table, cfg: CurateConfig) -> int:
     for k in np.flatnonzero(rep >= 0).tolist():
         i, r = alive[k - n_prior], int(rep[k])
         where = f"previously accepted {pf[r]}:{pl[r]}" if r < n_prior else _where(files, lines, alive[r - n_prior])
+        if r < n_prior:
+            w.prior_dup[i] = r
         w.filt[i] = "near_dedup"
         w.reason[i] = f"near duplicate of {where} (jaccard {sim[k]:.2f})"
         n += 1
@@ -132,6 +139,8 @@ def embed_dedup(w: Working, rows: list[int], emb: np.ndarray, prior_emb: np.ndar
     for k in np.flatnonzero(rep >= 0).tolist():
         i, r = rows[k - n_prior], int(rep[k])
         where = f"previously accepted {pf[r]}:{pl[r]}" if r < n_prior else _where(files, lines, rows[r - n_prior])
+        if r < n_prior:
+            w.prior_dup[i] = r
         w.filt[i] = "embed_dedup"
         w.reason[i] = f"embedding near duplicate of {where} (cosine {sim[k]:.3f})"
         n += 1
@@ -152,3 +161,17 @@ def assign_splits(w: Working, cfg: CurateConfig) -> None:
 
 def kept_mask(table: pa.Table) -> pa.Array:
     return pc.equal(table["_filter"], "")
+
+
+def golden_conflicts(w: Working, prior: pa.Table, limit: int = 20) -> dict:
+    """Golden-file rows removed because they duplicate a row an earlier run accepted into
+    train/val (a golden file added after its rows were already curated): golden and
+    train stay disjoint, but the golden set lost these rows and train holds their copies."""
+    golden = w.table["_golden"].to_pylist()
+    psplit = prior["split"].to_pylist() if "split" in prior.column_names else [""] * prior.num_rows
+    hits = sorted(i for i, r in w.prior_dup.items() if golden[i] and psplit[r] != "golden")
+    files, lines = w.col("file"), w.col("line")
+    pf, pl = prior["file"].to_pylist(), prior["line"].to_pylist()
+    return {"count": len(hits), "examples": [
+        {"golden": _where(files, lines, i), "accepted": f"{pf[w.prior_dup[i]]}:{pl[w.prior_dup[i]]}",
+         "accepted_split": psplit[w.prior_dup[i]] or "unknown"} for i in hits[:limit]]}

@@ -30,7 +30,7 @@ import pyarrow.feather as feather
 from ..storage import atomic_write_json
 
 RUN_FILE = re.compile(r"^(?:part-|accepted-)?(r\d{4,})[-.]")
-ACCEPTED_COLUMNS = ("hash", "file", "line", "dtext", "sig")
+ACCEPTED_COLUMNS = ("hash", "file", "line", "dtext", "sig")  # + "split" (train/val/golden; "" in old ledgers)
 
 
 @contextlib.contextmanager
@@ -74,7 +74,7 @@ class Ledger:
         return self.out / "_staging" / run_id
 
     def accepted(self, params: dict, signer: Callable[[list[str]], pa.Array]) -> pa.Table:
-        """Every previously accepted row (hash, file, line, dtext, sig) in commit order.
+        """Every previously accepted row (hash, file, line, dtext, sig, split) in commit order.
 
         Signatures of runs made with other MinHash parameters (``params``: ngram, bands,
         rows, seed) are recomputed from the stored dedup text with ``signer``.
@@ -84,14 +84,16 @@ class Ledger:
             p = self.dir / f"accepted-{r['run']}.arrow"
             if not p.exists():
                 continue
-            t = feather.read_table(p).select(list(ACCEPTED_COLUMNS))
+            t = feather.read_table(p)
+            split = t["split"] if "split" in t.column_names else pa.array([""] * t.num_rows, pa.string())
+            t = t.select(list(ACCEPTED_COLUMNS)).append_column("split", split)
             if r.get("minhash") != params:
                 t = t.set_column(t.column_names.index("sig"), "sig", signer(t["dtext"].to_pylist()))
             parts.append(t)
         if not parts:
             return pa.table({"hash": pa.array([], pa.string()), "file": pa.array([], pa.string()),
                              "line": pa.array([], pa.int64()), "dtext": pa.array([], pa.string()),
-                             "sig": signer([])})
+                             "sig": signer([]), "split": pa.array([], pa.string())})
         return pa.concat_tables(parts)
 
     def accepted_embeddings(self, model: str) -> np.ndarray | None:
@@ -124,6 +126,20 @@ class Ledger:
             if p.is_file() and m and m.group(1) not in done:
                 p.unlink()
                 removed.append(str(p))
+        # report.json is published before the ledger commit: after a kill in between it
+        # describes a run that never committed. Put back the last committed run's report.
+        top = self.out / "report.json"
+        try:
+            stale = top.exists() and json.loads(top.read_text(encoding="utf-8")).get("run") not in done
+        except (OSError, ValueError):
+            stale = True
+        if stale:
+            last = self.out / "reports" / f"{self.runs[-1]['run']}.json" if self.runs else None
+            try:
+                atomic_write_json(top, json.loads(last.read_text(encoding="utf-8")))
+            except (AttributeError, OSError, ValueError):  # no committed run or its report is gone
+                top.unlink(missing_ok=True)
+            removed.append(str(top))
         return removed
 
     # ------------------------------------------------------------------ commit

@@ -101,11 +101,15 @@ def build_report(table: pa.Table, cfg: CurateConfig, run_id: str, *, files: dict
             first = table.filter(pc.equal(table["file"], f))["_reason"][0].as_py()
             unreadable.append({"path": f, "reason": first})
     kept = remaining
+    gold = table.filter(table["_golden"])
+    golden = {"files_rows_in": gold.num_rows, "files_rows_kept": int(pc.sum(pc.equal(gold["_filter"], "")).as_py() or 0),
+              "split_rows": sum(v.get("golden", 0) for v in splits.values())}
     return {
         "run": run_id, "status": "ok",
         "rows_in": rows_in, "rows_kept": kept, "rows_rejected": rows_in - kept,
         "filters": filters,
         "languages": splits,
+        "golden": golden,
         "files": {"ingested": len(files), "skipped_unchanged": len(skipped), "unreadable": unreadable,
                   "per_file": per_file},
         "timing": timing,

@@ -157,6 +157,7 @@ def run_curate(cfg: CurateConfig) -> str:
                 keep = [k for k, i in enumerate(rows) if not w.filt[i]]
                 emb = emb_all[keep]
             assemble.assign_splits(w, cfg)
+            conflicts = assemble.golden_conflicts(w, prior)
             final = w.finish()
         finally:
             if started:
@@ -168,7 +169,7 @@ def run_curate(cfg: CurateConfig) -> str:
         output.write_rejects(final, stage, run_id, cfg)
         kept = final.filter(assemble.kept_mask(final))
         acc = pa.table({"hash": kept["_hash"], "file": kept["file"], "line": kept["line"],
-                        "dtext": kept["_dtext"], "sig": kept["_sig"]})
+                        "dtext": kept["_dtext"], "sig": kept["_sig"], "split": kept["_split"]})
         write_accepted(stage / "_ledger" / f"accepted-{run_id}.arrow", acc, emb)
         files = {digests[p]: {"path": p} for p in new if digests[p]}
         timing = {"plan_s": round(t_plan - t0, 2), "ray_init_s": round(t_ray - t_plan, 2),
@@ -177,6 +178,7 @@ def run_curate(cfg: CurateConfig) -> str:
         timing["total_s"] = round(time.time() - t0, 2)
         timing["rows_per_s"] = round(final.num_rows / max(timing["total_s"], 1e-9), 1)
         report = output.build_report(final, cfg, run_id, files=files, skipped=skipped, splits=splits, timing=timing)
+        report["golden"]["duplicates_of_earlier_train_rows"] = conflicts
         output.write_report(stage, run_id, report)
         led.publish(run_id)
         pause = float(os.environ.get("RAYFT_CURATE_PAUSE_BEFORE_COMMIT", "0") or 0)
@@ -186,5 +188,13 @@ def run_curate(cfg: CurateConfig) -> str:
         led.commit(run_id, files, {"rows_in": report["rows_in"], "rows_kept": report["rows_kept"],
                                    "rows_rejected": report["rows_rejected"], "minhash": _minhash_params(cfg),
                                    "embed_model": cfg.embed.model})
-    return (f"curated {run_id}: {report['rows_kept']} of {report['rows_in']} rows kept "
-            f"({report['rows_rejected']} rejected) in {timing['total_s']} s -> {out} (report: {out / 'report.json'})")
+    msg = (f"curated {run_id}: {report['rows_kept']} of {report['rows_in']} rows kept "
+           f"({report['rows_rejected']} rejected) in {timing['total_s']} s -> {out} (report: {out / 'report.json'})")
+    bad = [u["path"] for u in report["files"]["unreadable"]]
+    if bad:
+        msg += f"; {len(bad)} unreadable file(s) skipped: " + ", ".join(bad)
+    if conflicts["count"]:
+        msg += (f"; WARNING: {conflicts['count']} golden row(s) duplicate rows earlier runs accepted into train/val "
+                f"and were left out of golden (report.json golden); curate into a new output dir to rebuild train "
+                f"without them")
+    return msg
