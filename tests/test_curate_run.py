@@ -252,7 +252,8 @@ def test_embedding_near_dup(ray_session, tmp_path):
             ("Best way to learn piano?", "Practice scales daily and learn pieces you enjoy, slowly at first.")]
     (inbox / "a.jsonl").write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in rows))
     out = tmp_path / "out"
-    curate(inbox, out, "embed.model=all-MiniLM-L6-v2", "embed.threshold=0.9", "embed.num_cpus=0.5")
+    curate(inbox, out, "embed.model=all-MiniLM-L6-v2", "embed.threshold=0.9", "embed.num_cpus=0.5",
+           "embed.max_actors=2")
     rep = json.loads((out / "report.json").read_text())
     assert rep["filters"]["near_dedup"]["removed"] == 0  # character n-grams miss the paraphrase ...
     assert rep["filters"]["embed_dedup"]["removed"] == 1  # ... the embedding catches it

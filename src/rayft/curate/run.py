@@ -103,9 +103,14 @@ def _embed(texts: list[str], cfg: CurateConfig) -> np.ndarray:
     import ray
     from ray.data import ActorPoolStrategy
 
-    ds = ray.data.from_arrow(pa.table({"k": np.arange(len(texts)), "text": texts}))
-    ds = ds.map_batches(Embedder, fn_constructor_kwargs={"model": cfg.embed.model}, batch_size=cfg.embed.batch_size,
-                        batch_format="pyarrow", compute=ActorPoolStrategy(size=1), num_cpus=cfg.embed.num_cpus)
+    e = cfg.embed
+    n = e.max_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // max(e.num_cpus, 1e-3)))
+    n = max(1, min(n, -(-len(texts) // e.batch_size)))  # no more actors than batches
+    t = pa.table({"k": np.arange(len(texts)), "text": texts})
+    # one block per batch, so every actor of the pool can take work
+    ds = ray.data.from_arrow([t.slice(s, e.batch_size) for s in range(0, max(len(texts), 1), e.batch_size)])
+    ds = ds.map_batches(Embedder, fn_constructor_kwargs={"model": e.model}, batch_size=e.batch_size,
+                        batch_format="pyarrow", compute=ActorPoolStrategy(min_size=1, max_size=n), num_cpus=e.num_cpus)
     t = pa.concat_tables(list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))).sort_by("k")
     return np.asarray(t["emb"].combine_chunks().flatten()).reshape(t.num_rows, -1)
 
@@ -149,7 +154,7 @@ def run_curate(cfg: CurateConfig) -> str:
             assemble.exact_dedup(w, prior, cfg)
             assemble.near_dedup(w, prior, cfg)
             emb = None
-            if cfg.embed.model:
+            if cfg.embed.model and w.alive():
                 rows = w.alive()
                 get = assemble.texts_of(w, rows)
                 emb_all = _embed([get(k) for k in range(len(rows))], cfg)
