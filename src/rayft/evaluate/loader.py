@@ -1,0 +1,86 @@
+"""Model specs: a plain dict naming what to load (base, adapter or full model, tokenizer), built
+on the driver and rebuilt into a model inside actors. Shared by eval and serve.
+
+A spec::
+
+    {"label": "candidate", "base": "tiny-qwen2", "seed": 0, "trust_remote_code": False,
+     "adapter": "/abs/adapter" | None, "full": "/abs/model" | None, "tokenizer": "/abs/tok" | None,
+     "system_prompt": ""}
+
+Weights load only from safetensors (``models.load`` forces ``use_safetensors``; peft reads
+``adapter_model.safetensors``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import ConfigError
+
+
+def base_spec(name: str, seed: int = 0, trust_remote_code: bool = False, system_prompt: str = "",
+              label: str = "base") -> dict:
+    return {"label": label, "base": name, "seed": seed, "trust_remote_code": trust_remote_code,
+            "adapter": None, "full": None, "tokenizer": None, "system_prompt": system_prompt}
+
+
+def run_spec(run_dir: str | Path, label: str = "candidate") -> dict:
+    """Spec of a finished ``rayft train`` run directory."""
+    run = Path(run_dir).expanduser().resolve()
+    rep = run / "report.json"
+    if not rep.exists():
+        raise ConfigError(f"{run}: no report.json; is this a finished `rayft train` run directory?")
+    cfg = json.loads(rep.read_text()).get("config") or {}
+    m = cfg.get("model", {})
+    spec = base_spec(m.get("name", ""), cfg.get("run", {}).get("seed", 0), m.get("trust_remote_code", False),
+                     cfg.get("data", {}).get("system_prompt", ""), label)
+    if (run / "adapter").is_dir():
+        spec["adapter"] = str(run / "adapter")
+    elif (run / "model").is_dir():
+        spec["full"] = str(run / "model")
+    else:
+        raise ConfigError(f"{run}: neither adapter/ nor model/ found")
+    if (run / "tokenizer").is_dir():
+        spec["tokenizer"] = str(run / "tokenizer")
+    return spec
+
+
+def manifest_spec(manifest: dict, local_dir: Path, label: str) -> dict:
+    """Spec of a registry version whose verified artifacts are in ``local_dir``."""
+    b = manifest["base_model"]
+    spec = base_spec(b["name"], b.get("seed", 0), b.get("trust_remote_code", False),
+                     manifest.get("system_prompt", ""), label)
+    if manifest["kind"] == "lora":
+        spec["adapter"] = str(local_dir / "adapter")
+    else:
+        spec["full"] = str(local_dir / "model")
+    if (local_dir / "tokenizer").is_dir():
+        spec["tokenizer"] = str(local_dir / "tokenizer")
+    return spec
+
+
+def load_tokenizer_for(spec: dict):
+    from ..models.load import load_tokenizer, resolve_source
+    tok = load_tokenizer(spec["tokenizer"] or resolve_source(spec["base"]), spec["trust_remote_code"])
+    tok.padding_side = "right"
+    return tok
+
+
+def load_base(spec: dict, tok):
+    """The spec's base model in float32, eval mode (random-init presets rebuilt from the seed)."""
+    from ..models.load import load_model, resolve_source
+    return load_model(resolve_source(spec["base"]), tok, "float32", spec["trust_remote_code"], spec["seed"]).eval()
+
+
+def load_spec(spec: dict):
+    """(model, tokenizer) ready for inference on CPU."""
+    from ..models.load import load_model
+
+    tok = load_tokenizer_for(spec)
+    if spec["full"]:
+        return load_model(spec["full"], tok, "float32").eval(), tok
+    model = load_base(spec, tok)
+    if spec["adapter"]:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, spec["adapter"]).eval()
+    return model, tok
