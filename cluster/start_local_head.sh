@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start a single-node Ray head bound to loopback, with token auth, for `ray job submit`.
-#   cluster/start_local_head.sh            # prints RAY_ADDRESS and where the token is
+#   cluster/start_local_head.sh [extra `ray start` flags]   # prints RAY_ADDRESS
 #   cluster/stop_local_head.sh             # stops only this head (never `ray stop`)
 # Env: RAYFT_NUM_CPUS (default: all), RAYFT_DASHBOARD_PORT (default 8265), RAYFT_HEAD_DIR.
 set -euo pipefail
@@ -20,6 +20,6 @@ fi
 args=(--head --node-ip-address=127.0.0.1 --port="$PORT" --dashboard-host=127.0.0.1
       --dashboard-port="$DASH" --temp-dir="$HEAD_DIR/tmp" --disable-usage-stats)
 [ -n "${RAYFT_NUM_CPUS:-}" ] && args+=(--num-cpus="$RAYFT_NUM_CPUS")
-ray start "${args[@]}"
+ray start "${args[@]}" "$@"
 echo "RAY_ADDRESS=http://127.0.0.1:$DASH  (dashboard + job server, token auth on)"
 echo "submit: RAY_ADDRESS=http://127.0.0.1:$DASH ray job submit --working-dir . -- python jobs/train.py --config configs/tiny.yaml"

@@ -116,3 +116,36 @@ def test_loss_only_on_response_tokens(text):
     assert "爆款" in tok.decode(ids[p_len:])
     ids2, labels2, trunc2 = encode_pair(tok, "", "", text * 20, "short answer", 32)
     assert trunc2 and len(ids2) == 32 and any(x != IGNORE for x in labels2)
+
+
+def test_lr_warmup_then_cosine():
+    from rayft.train.loop import lr_lambda
+
+    f = lr_lambda(warmup=4, total=20, min_ratio=0.1)
+    ramp = [f(s) for s in range(4)]
+    assert ramp == sorted(ramp) and ramp[0] == 0.25 and f(3) == 1.0
+    decay = [f(s) for s in range(4, 21)]
+    assert decay == sorted(decay, reverse=True) and abs(f(20) - 0.1) < 1e-9
+
+
+def test_checkpoint_optimizer_roundtrip_is_exact(tmp_path):
+    import torch
+
+    from rayft.train import checkpoint as ck
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
+    for _ in range(3):
+        model(torch.randn(2, 4)).sum().backward()
+        opt.step()
+        sched.step()
+    ck.save_training_state(tmp_path, opt, sched, {"step": 3})
+    opt2 = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0 / (s + 1))
+    state = ck.load_training_state(tmp_path, opt2, sched2)
+    assert state["step"] == 3 and sched2.get_last_lr() == sched.get_last_lr()
+    for a, b in zip(opt.state_dict()["state"].values(), opt2.state_dict()["state"].values()):
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.bin"))  # nothing pickled

@@ -86,7 +86,7 @@ def collate(examples: list[tuple[np.ndarray, np.ndarray]], pad_id: int):
     labels = torch.full((len(examples), n), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(examples), n), dtype=torch.long)
     for i, (ids, lab) in enumerate(examples):
-        input_ids[i, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
-        labels[i, : len(lab)] = torch.as_tensor(lab, dtype=torch.long)
+        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        labels[i, : len(lab)] = torch.tensor(lab, dtype=torch.long)
         mask[i, : len(ids)] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}

@@ -87,6 +87,14 @@ def _table(rows: list[dict]):
 
 
 def _ray_datasets(p: Prepared, cfg: TrainConfig) -> dict:
+    """Tokenize with Ray Data and split by position, on the driver, before workers start.
+
+    Splitting here (not in the trainer) matters twice: worker i always gets the same
+    rows, so a resumed run sees the same data per worker (Ray's default streaming_split
+    hands blocks to whichever worker asks first); and the tokenize tasks run while the
+    CPUs are still free (once the workers hold every CPU, Ray Data tasks would starve).
+    Train splits are equal-sized: at most num_workers - 1 rows unused, reported.
+    """
     import ray.data
 
     from ..data.tokenize import tokenize_batch
@@ -94,35 +102,40 @@ def _ray_datasets(p: Prepared, cfg: TrainConfig) -> dict:
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     kw = dict(source=p.source, max_seq_len=cfg.data.max_seq_len, system_prompt=cfg.data.system_prompt,
               trust_remote_code=cfg.model.trust_remote_code)
-    out = {}
+    n = cfg.scaling.num_workers
+    full, parts = {}, {}
     for name, table in (("train", p.train_table), ("val", p.val_table)):
         if table.num_rows == 0:
             continue
-        ds = ray.data.from_arrow(table).repartition(max(1, min(8, table.num_rows // 256 + 1)))
-        out[name] = ds.map_batches(tokenize_batch, fn_kwargs=kw, batch_format="pyarrow", batch_size=512)
-    return out
+        blocks = max(1, min(2 * n, table.num_rows // 512 + 1))
+        ds = ray.data.from_arrow(table).repartition(blocks).map_batches(
+            tokenize_batch, fn_kwargs=kw, batch_format="pyarrow", batch_size=512).materialize()
+        full[name] = ds
+        parts[name] = ds.split(n, equal=(name == "train"))
+    return full, parts
 
 
-def _data_config():
+def _data_config(parts: dict):
     from ray.train import DataConfig
 
-    class DeterministicSplit(DataConfig):
-        """Materialize and split by position, so worker i always gets the same rows.
+    class PreSplit(DataConfig):
+        """Worker i gets piece i of each dataset, split on the driver (see _ray_datasets)."""
 
-        Ray's default streaming_split hands blocks to whichever worker asks first; that
-        is fine for throughput but makes a resumed run see different rows per worker.
-        Train splits are equal-sized (at most num_workers - 1 rows unused, reported).
-        """
+        def __init__(self, parts):
+            super().__init__()
+            self.parts = parts
 
         def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
             out = [{} for _ in range(world_size)]
-            for name, ds in datasets.items():
-                parts = ds.split(world_size, equal=(name == "train"))
-                for i, part in enumerate(parts):
-                    out[i][name] = part.iterator()
+            for name in datasets:
+                pieces = self.parts[name]
+                if len(pieces) != world_size:
+                    raise RuntimeError(f"dataset {name} was split {len(pieces)} ways for {world_size} workers")
+                for i, piece in enumerate(pieces):
+                    out[i][name] = piece.iterator()
             return out
 
-    return DeterministicSplit()
+    return PreSplit(parts)
 
 
 def _init_ray() -> None:
@@ -191,6 +204,7 @@ def fit(cfg: TrainConfig, p: Prepared):
     res = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.memory_per_worker_gb:
         res["memory"] = int(cfg.scaling.memory_per_worker_gb * 2**30)
+    full, parts = _ray_datasets(p, cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "source": p.source, "run_dir": str(p.run_dir.resolve())},
@@ -201,8 +215,8 @@ def fit(cfg: TrainConfig, p: Prepared):
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             worker_runtime_env={"env_vars": _env.worker_env()}),
-        datasets=_ray_datasets(p, cfg),
-        dataset_config=_data_config(),
+        datasets=full,
+        dataset_config=_data_config(parts),
     )
     return trainer.fit()
 

@@ -41,9 +41,11 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
 
 
 def _pull_shard(name: str) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    import ray.data
     import ray.train
 
     shard = ray.train.get_dataset_shard(name)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one bar: the driver's
     if shard is None:
         return []
     rows = []
@@ -159,7 +161,9 @@ def train_loop_per_worker(config: dict) -> None:
     def val_loss() -> float | None:
         if not val_rows and world == 1:
             return None
-        s, c = _evaluate(model, val_rows, bs, pad_id, device)
+        # The unwrapped module: DDP's forward syncs buffers (a collective), which would
+        # deadlock when one worker has fewer val rows than another.
+        s, c = _evaluate(inner, val_rows, bs, pad_id, device)
         s, c = all_sum([s, c])
         return s / c if c else None
 

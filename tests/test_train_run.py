@@ -1,0 +1,198 @@
+"""End to end on the session Ray: a real LoRA fine-tune (tiny Qwen2, 2 Ray Train workers),
+its report contract, exact resume, worker-failure recovery, reload and export."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rayft.cli import main
+from rayft.config import load
+from rayft.train.config import TrainConfig
+from rayft.train.launch import run_training
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(600)]
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "src/rayft/assets/samples/subtitle_pairs.jsonl"
+
+
+def cfg(run_dir: Path, name: str, *overrides: str, data: Path = SAMPLES) -> TrainConfig:
+    return load(TrainConfig, REPO / "configs/tiny.yaml",
+                [f"run.dir={run_dir}", f"run.name={name}", f"data.path={data}", "generate.prompt=", *overrides])
+
+
+@pytest.fixture(scope="module")
+def data_with_bad_rows(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("pairs")
+    lines = SAMPLES.read_text(encoding="utf-8").splitlines()
+    bad = ['{"original_subtitles": [{"start": 0, "end": 1, "text": "x"}]', '{"prompt": "no response"}',
+           '{"original_subtitles": [], "viral_subtitles": [{"start": 0, "end": 1, "text": "y"}]}']
+    (d / "pairs.jsonl").write_text("\n".join(lines[:100] + bad + lines[100:]) + "\n", encoding="utf-8")
+    return d / "pairs.jsonl"
+
+
+@pytest.fixture(scope="module")
+def straight(ray_session, tmp_path_factory, data_with_bad_rows):
+    """20 steps in one go, through the CLI exactly as a user runs it."""
+    runs = tmp_path_factory.mktemp("runs")
+    import io
+    from contextlib import redirect_stdout
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        rc = main(["train", "--config", str(REPO / "configs/tiny.yaml"), f"run.dir={runs}", "run.name=straight",
+                   f"data.path={data_with_bad_rows}", "generate.max_new_tokens=8"])
+    assert rc == 0
+    return runs / "straight", buf.getvalue()
+
+
+def test_report_contract(straight, data_with_bad_rows):
+    run_dir, out = straight
+    assert out.strip().splitlines()[-1] == str(run_dir)  # last line printed = the run directory
+    rep = json.loads((run_dir / "report.json").read_text())
+    for k in ("rows_read", "rows_rejected", "loss_first", "loss_last", "val_loss", "tokens_per_s",
+              "peak_rss_mb", "wall_s", "train_rows", "val_rows", "steps", "config"):
+        assert k in rep, k
+    assert rep["rows_read"] == 203 and rep["rows_rejected"] == 3
+    assert rep["rows_read"] == rep["rows_kept"] + rep["rows_rejected"]
+    assert rep["train_rows"] + rep["val_rows"] == rep["rows_kept"]
+    assert rep["steps"] == 20 and rep["finished"]
+    assert rep["loss_last"] < rep["loss_first"]  # it learned
+    assert rep["val_loss"] < rep["val_loss_start"]
+    assert len(rep["peak_rss_mb"]) == 2 and all(200 < x < 4000 for x in rep["peak_rss_mb"])
+    assert rep["tokens_per_s"] > 0 and rep["sample"]["answer"] is not None
+    rejects = [json.loads(x) for x in (run_dir / "rejects.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejects] == [101, 102, 103]
+    assert all(r["file"] == str(data_with_bad_rows) and r["reason"] and "record" in r for r in rejects)
+    # format is detected per file (subtitle here), so a prompt-only row is judged as a subtitle pair
+    assert "malformed JSON" in rejects[0]["reason"]
+    assert all("original_subtitles" in r["reason"] for r in rejects[1:])
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [m["step"] for m in metrics if "loss" in m]
+    assert logged == [1, 5, 10, 15, 20]
+    assert all({"loss", "lr", "tokens_per_s", "peak_rss_mb"} <= set(m) for m in metrics if "loss" in m)
+    # warmup then cosine decay
+    lrs = {m["step"]: m["lr"] for m in metrics if "lr" in m}
+    assert lrs[20] < lrs[10] < lrs[5] < lrs[1]  # cosine decay after the 2 warmup steps
+    assert (run_dir / "loss.png").stat().st_size > 5000
+    for f in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "tokenizer/tokenizer.json"):
+        assert (run_dir / f).exists(), f
+    ck = sorted((run_dir / "checkpoints").glob("step_*"))
+    assert [c.name for c in ck] == ["step_0000010", "step_0000020"]
+    state = json.loads((ck[-1] / "state.json").read_text())
+    assert state["step"] == 20 and state["scheduler"] and state["optimizer"]["param_groups"]
+    assert {"optimizer.safetensors", "rng_rank0.safetensors", "rng_rank1.safetensors"} <= {p.name for p in ck[-1].iterdir()}
+
+
+def test_adapter_reloads_and_export_generates(straight, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rayft.models.load import load_model, load_tokenizer
+    from rayft.train.export import ExportConfig, run_export
+
+    run_dir, _ = straight
+    tok = load_tokenizer(str(run_dir / "tokenizer"))
+    peft_model = PeftModel.from_pretrained(load_model("tiny-qwen2", tok), str(run_dir / "adapter")).eval()
+    out = Path(run_export(ExportConfig(run=str(run_dir), output=str(tmp_path / "merged"))))
+    assert (out / "model.safetensors").exists() and not list(out.glob("*.bin"))
+    merged = AutoModelForCausalLM.from_pretrained(str(out), use_safetensors=True).eval()
+    tok2 = AutoTokenizer.from_pretrained(str(out))
+    ids = tok2("The detective opens the letter. 侦探打开了信。", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        a, b = peft_model(input_ids=ids).logits, merged(input_ids=ids).logits
+        base = load_model("tiny-qwen2", tok)(input_ids=ids).logits
+        gen = merged.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tok2.pad_token_id)
+    assert torch.allclose(a, b, atol=1e-4)  # merged model == base + adapter
+    assert not torch.allclose(a, base, atol=1e-4)  # and the adapter changed something
+    assert gen.shape[1] == ids.shape[1] + 5
+
+
+def test_resume_continues_same_loss_curve(straight, tmp_path, data_with_bad_rows):
+    run_dir, _ = straight
+    first = run_training(cfg(tmp_path, "resumed", "train.stop_after_steps=10", data=data_with_bad_rows))
+    rep1 = json.loads((Path(first) / "report.json").read_text())
+    assert rep1["steps"] == 10 and not rep1["finished"]
+    second = run_training(cfg(tmp_path, "resumed", data=data_with_bad_rows))
+    rep2 = json.loads((Path(second) / "report.json").read_text())
+    assert rep2["resumed_from_step"] == 10 and rep2["steps"] == 20
+    ref = {m["step"]: m for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    got = {m["step"]: m for m in map(json.loads, (Path(second) / "metrics.jsonl").read_text().splitlines())}
+    assert sorted(got) == sorted(ref)
+    for step in (15, 20):
+        assert abs(got[step]["loss"] - ref[step]["loss"]) < 1e-4, (step, got[step]["loss"], ref[step]["loss"])
+    assert abs(got[20]["val_loss"] - ref[20]["val_loss"]) < 1e-4
+    assert got[20]["resumed_from"] == 10
+
+
+def test_worker_killed_mid_run_recovers(ray_session, tmp_path):
+    """SIGKILL one worker after the first checkpoint: Ray Train restarts the group from it."""
+    c = cfg(tmp_path, "killed", "train.max_steps=24", "train.checkpoint_every=6", "scaling.max_failures=2")
+    run_dir = tmp_path / "killed"
+    killed = {}
+
+    def killer():
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            # kill once the controller has registered checkpoint 6 (a reported but not yet
+            # registered checkpoint is not restored by Ray Train: it would restart from zero)
+            snap = run_dir / "checkpoints" / "checkpoint_manager_snapshot.json"
+            try:
+                names = [c["checkpoint_dir_name"] for c in json.loads(snap.read_text())["checkpoint_results"]]
+            except (OSError, ValueError, KeyError):
+                names = []
+            if "step_0000006" in names:
+                pid = int((run_dir / "workers/rank1.pid").read_text())
+                os.kill(pid, signal.SIGKILL)
+                killed["pid"] = pid
+                return
+            time.sleep(0.2)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    out = run_training(c)
+    t.join(timeout=1)
+    assert killed, "the worker was never killed (no checkpoint appeared)"
+    rep = json.loads((Path(out) / "report.json").read_text())
+    assert rep["finished"] and rep["steps"] == 24
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    resumed = [m for m in metrics if m.get("resumed_from")]
+    assert resumed and resumed[0]["resumed_from"] >= 6  # continued from a checkpoint, not from zero
+    assert int((run_dir / "workers/rank1.pid").read_text()) != killed["pid"]
+
+
+def test_bad_input_fails_before_ray_with_one_message(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{nope\n")
+    cases = [
+        ([f"data.path={tmp_path / 'missing.jsonl'}"], "file not found"),
+        ([f"data.path={bad}"], "no valid rows; first problem at line 1: malformed JSON"),
+        ([f"data.path={SAMPLES}", "data.format=csv"], "unknown format 'csv'"),
+        ([f"data.path={SAMPLES}", "train.bogus=1"], "unknown config key 'train.bogus'"),
+        ([f"data.path={SAMPLES}", "train.max_steps=ten"], "train.max_steps: expected an integer"),
+        ([f"data.path={SAMPLES}", "model.name=no-such-model"], "model.name"),
+    ]
+    for overrides, msg in cases:
+        rc = main(["train", "--config", str(REPO / "configs/tiny.yaml"), f"run.dir={tmp_path}", *overrides])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err and "Traceback" not in err, (overrides, err)
+    assert not (tmp_path / "tiny").exists()  # nothing started
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert "train" in top and "curate" in top
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    h = capsys.readouterr().out
+    for key in ("data.path", "data.format", "model.name", "run.dir", "train.max_steps", "scaling.num_workers",
+                "scaling.cpus_per_worker", "lora.r", "train.grad_accum", "train.checkpoint_every"):
+        assert key in h, key
