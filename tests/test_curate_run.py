@@ -15,7 +15,7 @@ from rayft.curate import score, synth
 from rayft.curate.config import CurateConfig
 from rayft.curate.output import FILTERS
 from rayft.curate.run import run_curate
-from rayft.data.formats import DataError, read_file
+from rayft.data.formats import DataError, read_file, read_pairs
 from rayft.data.records import PAIR_COLUMNS
 
 pytestmark = pytest.mark.ray
@@ -120,6 +120,10 @@ def test_output_is_readable_by_the_train_reader(synth_run):
         kept_ids = {r["id"] for r in rows if r["file"].endswith(".jsonl") and "-sharegpt" not in r["file"]
                     and "subtitle" not in r["file"]}
         assert kept_ids <= src_ids  # input ids survive
+    rep = json.loads((out / "report.json").read_text())
+    for lang in ("en", "zh"):  # what `rayft train data.path=<out>/<lang>/train` reads (train/launch.py)
+        res = read_pairs(str(out / lang / "train"))
+        assert not res.rejects and len(res.rows) == rep["languages"][lang]["train"] > 0
 
 
 def test_golden_rows_never_enter_train(ray_session, tmp_path):
