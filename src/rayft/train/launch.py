@@ -193,8 +193,12 @@ def _check_resources(cfg: TrainConfig) -> None:
                           f"{res.get('memory', 0) / 2**30:.1f} GB")
 
 
-def fit(cfg: TrainConfig, p: Prepared):
-    """Run the TorchTrainer; returns the Ray Train Result."""
+def fit(cfg: TrainConfig, p: Prepared, datasets: tuple | None = None, callbacks: list | None = None):
+    """Run the TorchTrainer; returns the Ray Train Result.
+
+    ``datasets`` (``_ray_datasets`` output) and ``callbacks`` (Ray Train UserCallbacks) are
+    for `rayft sweep`: data tokenized once by the sweep driver, metrics forwarded to Tune.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -204,7 +208,7 @@ def fit(cfg: TrainConfig, p: Prepared):
     res = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.memory_per_worker_gb:
         res["memory"] = int(cfg.scaling.memory_per_worker_gb * 2**30)
-    full, parts = _ray_datasets(p, cfg)
+    full, parts = datasets if datasets is not None else _ray_datasets(p, cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "source": p.source, "run_dir": str(p.run_dir.resolve())},
@@ -214,7 +218,7 @@ def fit(cfg: TrainConfig, p: Prepared):
             name="checkpoints", storage_path=str(p.run_dir.resolve()),
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            worker_runtime_env={"env_vars": _env.worker_env()}),
+            worker_runtime_env={"env_vars": _env.worker_env()}, callbacks=callbacks),
         datasets=full,
         dataset_config=_data_config(parts),
     )
@@ -249,11 +253,16 @@ def sample_generate(run_dir: Path, source: str, cfg: TrainConfig) -> str:
     return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
-def run_training(cfg: TrainConfig) -> str:
-    """`rayft train`: returns the run directory (printed last by the CLI)."""
+def run_training(cfg: TrainConfig, prepared: Prepared | None = None, datasets: tuple | None = None,
+                 callbacks: list | None = None) -> str:
+    """`rayft train`: returns the run directory (printed last by the CLI).
+
+    The optional arguments are for `rayft sweep` trials (see ``fit``); ``prepared`` is
+    ``prepare(cfg)``'s result, computed once on the sweep driver.
+    """
     _env.apply()
     t_start = time.time()
-    p = prepare(cfg)
+    p = prepared if prepared is not None else prepare(cfg)
     run_dir = p.run_dir
     if cfg.run.overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -272,7 +281,7 @@ def run_training(cfg: TrainConfig) -> str:
     bar = _Progress(run_dir / "metrics.jsonl", cfg.train.max_steps, start_step)
     bar.start()
     try:
-        result = fit(cfg, p)
+        result = fit(cfg, p, datasets, callbacks)
     finally:
         bar.stop_evt.set()
         bar.join(timeout=5)
