@@ -22,4 +22,4 @@ args=(--head --node-ip-address=127.0.0.1 --port="$PORT" --dashboard-host=127.0.0
 [ -n "${RAYFT_NUM_CPUS:-}" ] && args+=(--num-cpus="$RAYFT_NUM_CPUS")
 ray start "${args[@]}" "$@"
 echo "RAY_ADDRESS=http://127.0.0.1:$DASH  (dashboard + job server, token auth on)"
-echo "submit: RAY_ADDRESS=http://127.0.0.1:$DASH ray job submit --working-dir . -- python jobs/train.py --config configs/tiny.yaml"
+echo "submit: RAY_AUTH_MODE=token RAY_ADDRESS=http://127.0.0.1:$DASH ray job submit --working-dir . -- python jobs/train.py --config configs/tiny.yaml"

@@ -39,7 +39,7 @@ def head():
     gcs, dash, client, agent, agent_grpc, metrics, rt_agent = _free_ports(7)
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", RAYFT_HEAD_DIR=head_dir,
                RAYFT_GCS_PORT=str(gcs), RAYFT_DASHBOARD_PORT=str(dash), RAYFT_NUM_CPUS="2",
-               RAY_AUTH_TOKEN=secrets.token_hex(16))
+               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
     start = subprocess.run(
         ["bash", str(REPO / "cluster/start_local_head.sh"), f"--ray-client-server-port={client}",
          f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
