@@ -34,3 +34,16 @@ def test_profile_layers_onto_tiny(path, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"defaults: {CONFIGS / path}\n" + (CONFIGS / "tiny.yaml").read_text())
     load(TrainConfig, recipe)
+
+
+@pytest.mark.parametrize("name", ["ray-up.yaml", "kuberay-rayjob.yaml", "start_local_head.sh"])
+def test_cluster_configs_enable_token_auth_and_loopback(name):
+    import yaml
+
+    path = CONFIGS.parent / "cluster" / name
+    text = path.read_text()
+    if name.endswith(".yaml"):
+        yaml.safe_load(text)
+    assert "RAY_AUTH_MODE" in text and "token" in text
+    if name != "kuberay-rayjob.yaml":  # in-pod networking is the k8s cluster's boundary
+        assert "127.0.0.1" in text and "0.0.0.0" not in text
