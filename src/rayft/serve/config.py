@@ -1,0 +1,61 @@
+"""ServeConfig: everything `rayft serve` reads, field by field."""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from ..config import ConfigError, opt
+
+
+@dataclass
+class ServeConfig:
+    registry: str = opt("runs/registry", "registry root (local path or pyarrow URI such as s3://bucket/registry)")
+    models: list[str] = opt(["default"], "registry model lines to host, e.g. [en, zh]. A request's model is "
+                            "a line (its champion), line:champion, line:previous, line:<version>, a bare "
+                            "version id, or auto (route by the prompt's language)")
+    languages: dict = opt({}, "language -> model line for `auto`/alias requests, e.g. {en: en, zh: zh} "
+                          "(W1: separate English and Chinese models)")
+    default_model: str = opt("", "line used when language routing does not decide ('' = first of models)")
+    host: str = opt("127.0.0.1", "HTTP bind address; anything but loopback requires an API key")
+    port: int = opt(8000, "HTTP port")
+    app_name: str = opt("rayft", "Ray Serve application name")
+    route_prefix: str = opt("/", "HTTP route prefix of the application")
+    api_key: str = opt("", "bearer token clients must send (prefer api_key_env: this one ends up in files)")
+    api_key_env: str = opt("RAYFT_API_KEY", "environment variable holding the bearer token (used when set)")
+    replicas: int = opt(1, "replicas per base-model deployment")
+    num_cpus: float = opt(1.0, "CPUs per model replica (fractional allowed)")
+    torch_threads: int = opt(0, "torch threads per model replica (0: from num_cpus)")
+    max_ongoing_requests: int = opt(32, "concurrent requests per replica before Serve queues them")
+    alias_refresh_s: float = opt(1.0, "how often the gateway re-reads the registry aliases (hot swap delay)")
+    max_tokens_default: int = opt(64, "max_tokens when a request does not set it")
+    max_tokens_limit: int = opt(512, "largest max_tokens a request may ask for")
+    blocking: bool = opt(True, "keep `rayft serve` in the foreground until Ctrl-C (false: deploy and return)")
+
+    def validate(self) -> None:
+        if not self.models:
+            raise ConfigError("models: list at least one registry model line to serve")
+        if self.default_model and self.default_model not in self.models:
+            raise ConfigError(f"default_model {self.default_model!r} is not one of models {self.models}")
+        bad = {k: v for k, v in self.languages.items() if v not in self.models}
+        if bad:
+            raise ConfigError(f"languages: {bad} route to lines not in models {self.models}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port: expected 1..65535, got {self.port}")
+        if self.replicas < 1 or self.num_cpus <= 0 or self.max_tokens_default < 1 \
+                or self.max_tokens_limit < self.max_tokens_default:
+            raise ConfigError("need replicas >= 1, num_cpus > 0, 1 <= max_tokens_default <= max_tokens_limit")
+
+    def resolved_key(self) -> str:
+        """The API key in force: $api_key_env when set, else api_key ('' = no auth)."""
+        import os
+        return (os.environ.get(self.api_key_env) if self.api_key_env else None) or self.api_key
+
+    def check_bind(self) -> None:
+        """Refuse to expose an unauthenticated server beyond this machine."""
+        try:
+            loopback = ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            loopback = self.host == "localhost"
+        if not loopback and not self.resolved_key():
+            raise ConfigError(f"host={self.host} exposes the server beyond this machine: set an API key "
+                              f"(${self.api_key_env} or api_key) or bind 127.0.0.1")
