@@ -16,6 +16,8 @@ from .config import ConfigError, help_text, load
 STAGES: dict[str, tuple[str, str, str, dict]] = {
     "train": ("rayft.train.config:TrainConfig", "rayft.train.launch:run_training",
               "fine-tune a causal LM (LoRA or full) on Ray Train; prints the run directory last", {}),
+    "sweep": ("rayft.tune.config:SweepConfig", "rayft.tune.sweep:run_sweep",
+              "Ray Tune sweep (ASHA, random/Optuna) over the `rayft train` loop; prints the best run dir last", {}),
     "export": ("rayft.train.export:ExportConfig", "rayft.train.export:run_export",
                "merge a run's LoRA adapter into its base model and save a full safetensors model", {}),
     "curate": ("rayft.curate.config:CurateConfig", "rayft.curate.run:run_curate",

@@ -1,0 +1,164 @@
+"""`rayft sweep`: a Ray Tune search over the train loop of `rayft train`.
+
+Order matters: every check (space, base config, data, cluster resources) runs on the
+driver before the first trial starts; then the data is read and tokenized once per data
+variant while the cluster's CPUs are still free, so trials only train.
+
+Layout of <sweep.dir>/<sweep.name>/: sweep.json (what a resume must match), tune/ (the
+Tune experiment, restored by a rerun), trials/<trial id>/ (one `rayft train` run dir per
+trial), results.csv/.json, best.json, best_config.yaml, sweep.png.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .. import _env
+from ..config import to_dict
+from ..data.formats import DataError
+from ..storage import atomic_write_json, atomic_write_text
+from .config import SweepConfig
+from .plan import Plan, check_resumable, make_plan
+from .results import pick_best, trial_row, write_results
+from .space import data_key, data_variants, max_concurrency, trial_config, trial_resources
+
+
+def trial_dirname(trial) -> str:
+    """Stable names: the trial id, no timestamps (Tune's default dirname has a date)."""
+    return trial.trial_id
+
+
+def _prepare_data(plan: Plan) -> dict:
+    """data_key -> (train config, Prepared) for every data variant; DataError/ConfigError on bad data."""
+    from ..train.launch import prepare
+
+    out = {}
+    bs = next((p.values for p in plan.params if p.key == "train.batch_size"), [plan.base_cfg.train.batch_size])
+    for variant in data_variants(plan.params):
+        cfg = trial_config(plan.base, variant)
+        p = prepare(cfg)
+        need = cfg.scaling.num_workers * max(bs)
+        if p.stats["train_rows"] < need:
+            raise DataError(f"{p.stats['train_rows']} training rows; train.batch_size up to {max(bs)} x "
+                            f"{cfg.scaling.num_workers} workers needs {need}")
+        if not p.stats["val_rows"]:
+            raise DataError("no validation rows (data.val_fraction=0 and no data.val_path): trials are "
+                            "ranked and early-stopped on validation loss")
+        out[data_key(cfg)] = (cfg, p)
+    return out
+
+
+def _param_space(plan: Plan) -> dict:
+    from ray import tune
+
+    make = {"choice": tune.choice, "grid": tune.grid_search,
+            "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v)}
+    return {p.key: make[p.kind](p.values) for p in plan.params}
+
+
+def _new_tuner(plan: Plan, scfg: SweepConfig, trainable, concurrency: int):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    if plan.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+        search = OptunaSearch(seed=scfg.sweep.seed)
+    else:
+        search = BasicVariantGenerator(random_state=scfg.sweep.seed)
+    sched = FIFOScheduler()
+    if scfg.scheduler.kind == "asha":
+        # time in optimizer steps (not Tune iterations: only val-loss reports reach Tune)
+        # a trial that reaches max_t simply ends (its function returns); never STOP it there
+        sched = ASHAScheduler(time_attr="step", max_t=plan.max_steps, grace_period=scfg.scheduler.grace_period,
+                              reduction_factor=scfg.scheduler.reduction_factor, stop_last_trials=False)
+    return tune.Tuner(
+        trainable, param_space=_param_space(plan),
+        tune_config=tune.TuneConfig(metric="val_loss", mode="min", search_alg=search, scheduler=sched,
+                                    num_samples=scfg.sweep.num_samples, max_concurrent_trials=concurrency,
+                                    trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(name="tune", storage_path=str(plan.sweep_dir.resolve()), verbose=1))
+
+
+def run_sweep(scfg: SweepConfig) -> str:
+    """`rayft sweep`: returns the best trial's run directory (a `rayft eval` candidate)."""
+    _env.apply()
+    t0 = time.time()
+    plan = make_plan(scfg)
+    sweep_dir = plan.sweep_dir
+    if scfg.sweep.overwrite and sweep_dir.exists():
+        shutil.rmtree(sweep_dir)
+    saved = sweep_dir / "sweep.json"
+    if saved.is_file():
+        check_resumable(plan, json.loads(saved.read_text()))
+    data = _prepare_data(plan)
+
+    import ray
+    import ray.data
+    from ray import tune
+
+    from ..train.launch import _init_ray, _ray_datasets
+    from .trial import run_trial
+
+    _init_ray()
+    per_trial = trial_resources(plan.base_cfg, scfg.sweep.trial_cpus)
+    concurrency = max_concurrency(per_trial, ray.cluster_resources(), scfg.sweep.max_concurrent)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(saved, plan.spec)
+    atomic_write_text(sweep_dir / "sweep.yaml", yaml.safe_dump(to_dict(scfg), sort_keys=False, allow_unicode=True))
+    # trials iterate these datasets; their progress bars would repeat in every trial's log
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    shared = {}
+    for key, (cfg, p) in data.items():
+        # Trials get the tables and tokenized blocks, not the raw rows (report counts are in p.stats)
+        slim = dataclasses.replace(p, read=dataclasses.replace(p.read, rows=[]))
+        shared[key] = (slim, _ray_datasets(p, cfg))
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=plan.base, shared=shared, trials_dir=str((sweep_dir / "trials").resolve())),
+        {"CPU": scfg.sweep.trial_cpus})
+    tune_dir = sweep_dir / "tune"
+    resumed = tune.Tuner.can_restore(str(tune_dir.resolve()))
+    print(f"[rayft] sweep {sweep_dir} | {len(plan.params)} searched keys, {plan.search} search, "
+          f"{scfg.sweep.num_samples} samples, scheduler {scfg.scheduler.kind} | per trial "
+          + ", ".join(f"{k} {v / 2**30:.1f} GB" if k == "memory" else f"{k} {v:g}" for k, v in per_trial.items())
+          + f" -> {concurrency} at once" + (" | resuming (Tuner.restore)" if resumed else ""), file=sys.stderr)
+    if resumed:
+        tuner = tune.Tuner.restore(str(tune_dir.resolve()), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = _new_tuner(plan, scfg, trainable, concurrency)
+    grid = tuner.fit()
+
+    rows = []
+    for r in grid:
+        tid = Path(r.path).name
+        params = {k: v for k, v in (r.config or {}).items() if k in {p.key for p in plan.params}}
+        rows.append(trial_row(tid, params, sweep_dir / "trials" / tid, repr(r.error) if r.error else None))
+    rows.sort(key=lambda r: r["trial_id"])
+    best = pick_best(rows)
+    extra = {"sweep_dir": str(sweep_dir), "search": plan.search, "scheduler": scfg.scheduler.kind,
+             "concurrency": concurrency, "per_trial_resources": per_trial, "resumed": resumed,
+             "wall_s": time.time() - t0, "best": best and best["trial_id"]}
+    out = write_results(sweep_dir, rows, best, extra)
+    _print_table(rows, best)
+    if not best:
+        raise RuntimeError(f"no trial finished; see {sweep_dir / 'results.csv'}")
+    print(f"[rayft] best {best['trial_id']} val loss {best['val_loss']:.4f} {out['params']} | "
+          f"results {sweep_dir / 'results.csv'} | plot {sweep_dir / 'sweep.png'} | "
+          f"evaluate: {out['eval_command']}", file=sys.stderr)
+    return best["run_dir"]
+
+
+def _print_table(rows: list[dict], best: dict | None) -> None:
+    keys = [k for k in rows[0] if k.startswith("param:")] if rows else []
+    print("[rayft] trial            status      steps  val_loss  " + "  ".join(k[6:] for k in keys), file=sys.stderr)
+    for r in rows:
+        vl = "n/a" if r["val_loss"] is None else f"{r['val_loss']:.4f}"
+        mark = "*" if best and r["trial_id"] == best["trial_id"] else " "
+        print(f"[rayft] {mark}{r['trial_id']:<16} {r['status']:<10} {r['steps']:>5}  {vl:>8}  "
+              + "  ".join(str(r[k]) for k in keys), file=sys.stderr)
