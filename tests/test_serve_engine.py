@@ -135,3 +135,15 @@ def test_engine_multiplexes_adapters_exactly(reg):
     m, local = reg["en"].fetch(reg["v1"])
     with pytest.raises(EngineError, match="this replica hosts"):
         Engine(base_spec("tiny-llama", 0)).load("en/x", m, local)
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    from rayft.evaluate.config import EvalConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    s = load(ServeConfig, root / "serve.yaml")
+    assert (s.host, s.models, s.languages) == ("127.0.0.1", ["en", "zh"], {"en": "en", "zh": "zh"})
+    e = load(EvalConfig, root / "eval.yaml")
+    assert e.gate.min_golden_improvement == 0.01 and e.score.similarity == "embedding"

@@ -17,14 +17,14 @@ def _ray_start() -> bool:
     return True
 
 
-def start(cfg: ServeConfig) -> str:
+def start(cfg: ServeConfig, app=None) -> str:
     """Start Serve's HTTP proxy on cfg.host:cfg.port and deploy the app; returns the base URL."""
     from ray import serve
 
     from .app import build_app
 
     cfg.check_bind()
-    app = build_app(cfg)
+    app = app if app is not None else build_app(cfg)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(app, name=cfg.app_name, route_prefix=cfg.route_prefix)
     prefix = cfg.route_prefix.rstrip("/")
@@ -33,10 +33,13 @@ def start(cfg: ServeConfig) -> str:
 
 def run_serve(cfg: ServeConfig) -> str:
     """Deploy; with ``blocking`` wait for Ctrl-C/SIGTERM, then shut Serve down. Prints the URL."""
+    from .app import build_app
+
     _env.apply()
     cfg.check_bind()
+    app = build_app(cfg)  # registry problems surface before Ray starts
     started = _ray_start()
-    url = start(cfg)
+    url = start(cfg, app)
     auth = "bearer API key required" if cfg.resolved_key() else "no API key (loopback only)"
     print(f"[rayft] serving {', '.join(cfg.models)} from {cfg.registry} at {url}/v1 (OpenAI API; {auth}); "
           f"health: {url}/health", file=sys.stderr)

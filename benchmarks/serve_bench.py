@@ -1,0 +1,270 @@
+"""Serve benchmark (issue 6): overhead of `rayft serve` vs a plain in-process call, and failed
+requests across promote -> rollback -> promote under steady load.
+
+    .venv/bin/python benchmarks/serve_bench.py                       # tiny 2-layer model
+    .venv/bin/python benchmarks/serve_bench.py --model smollm2-135m-instruct --requests 60
+
+Both sides run the SAME code path for generation (``rayft.serve.engine.Engine`` with one
+LoRA adapter from the registry, greedy, ``--max-tokens`` new tokens, the same torch thread
+count); the served side adds HTTP, the Serve proxy, the gateway (auth, validation,
+routing) and the DeploymentHandle hop to the multiplexed model replica.
+
+Optional ``--redeploy-baseline``: the same steady load across a Serve rolling update
+(redeploying the app with a changed replica config), the way a version change is done
+without aliases. Prints one JSON document; the numbers go to benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PROMPT = [{"role": "user", "content": "Rewrite as a viral hook: the detective opens the letter."}]
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def summary(lat_s: list[float], wall: float) -> dict:
+    ms = [x * 1000 for x in lat_s]
+    return {"n": len(ms), "req_per_s": len(ms) / wall, "p50_ms": pct(ms, 0.50), "p99_ms": pct(ms, 0.99),
+            "mean_ms": statistics.fmean(ms)}
+
+
+def build_registry(root: Path, model: str) -> tuple[str, str, str]:
+    from rayft.evaluate.synth import make_run
+    from rayft.registry import Registry
+
+    reg = Registry(str(root / "reg"), "en")
+    ev = {"decision": "promote", "champion_version": None, "gate": {"golden_metric": "loss"},
+          "metrics": {"candidate": {"golden": {"loss": 1.0}}}}
+    v1 = reg.register(make_run(root / "r1", base=model, noise=0.05, lora_seed=1), ev)["version"]
+    reg.promote(v1)
+    v2 = reg.register(make_run(root / "r2", base=model, noise=0.05, lora_seed=2), {**ev, "champion_version": v1})
+    return str(root / "reg"), v1, v2["version"]
+
+
+class InProcess:
+    """The baseline: the same Engine + adapter, called directly in this process."""
+
+    def __init__(self, uri: str, version: str, model: str, max_tokens: int, threads: int):
+        from rayft.evaluate.loader import base_spec
+        from rayft.registry import Registry
+        from rayft.serve.engine import Engine
+
+        self.eng = Engine(base_spec(model, 0), threads)
+        m, local = Registry(uri, "en").fetch(version)
+        self.h = self.eng.load(f"en/{version}", m, local)
+        self.req = {"kind": "chat", "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0,
+                    "stop": [], "seed": None}
+        for _ in range(3):
+            self.eng.generate(self.h, self.req)
+
+    def run(self, n: int) -> tuple[list[float], float]:
+        lat = []
+        t0 = time.perf_counter()
+        for _ in range(n):
+            t = time.perf_counter()
+            self.eng.generate(self.h, self.req)
+            lat.append(time.perf_counter() - t)
+        return lat, time.perf_counter() - t0
+
+
+def http_load(url: str, key: str, n: int, concurrency: int, max_tokens: int) -> tuple[list[float], float, int]:
+    """n chat requests from ``concurrency`` client threads: (latencies, wall seconds, errors)."""
+    import requests
+
+    lat, errors, lock = [], [], threading.Lock()
+    per = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
+    body = {"model": "en", "messages": PROMPT, "max_tokens": max_tokens}
+
+    def worker(k: int) -> None:
+        s = requests.Session()
+        s.headers["Authorization"] = f"Bearer {key}"
+        for _ in range(k):
+            t = time.perf_counter()
+            r = s.post(f"{url}/v1/chat/completions", json=body, timeout=300)
+            dt = time.perf_counter() - t
+            with lock:
+                (lat if r.status_code == 200 else errors).append(dt if r.status_code == 200 else r.status_code)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in per]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return lat, time.perf_counter() - t0, len(errors)
+
+
+def interleaved(base: InProcess, url: str, key: str, args) -> dict:
+    """Rounds of in-process / served-sequential / served-concurrent batches, so that the
+    (shared, fluctuating) machine load hits all three alike; then pooled percentiles."""
+    http_load(url, key, 6, 1, args.max_tokens)  # warm: adapter loaded, connections open
+    acc = {k: ([], 0.0, 0) for k in ("in_process", "served_sequential", "served_concurrent")}
+    per = max(1, args.requests // args.rounds)
+    for _ in range(args.rounds):
+        for k, fn in (("in_process", lambda: (*base.run(per), 0)),
+                      ("served_sequential", lambda: http_load(url, key, per, 1, args.max_tokens)),
+                      ("served_concurrent", lambda: http_load(url, key, per, args.concurrency, args.max_tokens))):
+            lat, wall, err = fn()
+            a = acc[k]
+            acc[k] = (a[0] + lat, a[1] + wall, a[2] + err)
+    out = {k: summary(lat, wall) | {"errors": err} for k, (lat, wall, err) in acc.items()}
+    out["served_concurrent"]["concurrency"] = args.concurrency
+    return out
+
+
+class SteadyLoad:
+    """``clients`` threads sending short chat requests back to back; records every outcome."""
+
+    def __init__(self, url: str, key: str, clients: int, max_tokens: int):
+        self.url, self.key, self.max_tokens = url, key, max_tokens
+        self.stop = threading.Event()
+        self.ok: list[tuple[float, str]] = []
+        self.failed: list[str] = []
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(clients)]
+
+    def run(self) -> None:
+        import requests
+        s = requests.Session()
+        s.headers["Authorization"] = f"Bearer {self.key}"
+        while not self.stop.is_set():
+            try:
+                r = s.post(f"{self.url}/v1/chat/completions", timeout=300,
+                           json={"model": "en", "messages": PROMPT, "max_tokens": self.max_tokens})
+                if r.status_code == 200:
+                    self.ok.append((time.time(), r.json()["model"]))
+                else:
+                    self.failed.append(f"HTTP {r.status_code}: {r.text[:200]}")
+            except Exception as e:  # connection reset etc. also count
+                self.failed.append(repr(e))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=300)
+
+    def wait_for(self, model: str, since: float, timeout: float = 300) -> float:
+        end = time.time() + timeout
+        while time.time() < end:
+            hit = [t for t, m in list(self.ok) if m == model and t >= since]
+            if hit:
+                return hit[0] - since
+            time.sleep(0.02)
+        raise RuntimeError(f"{model} never answered")
+
+
+def hot_swap(url: str, key: str, uri: str, v1: str, v2: str, clients: int, max_tokens: int) -> dict:
+    from rayft.registry import Registry
+
+    reg = Registry(uri, "en")
+    swaps = []
+    with SteadyLoad(url, key, clients, max_tokens) as load:
+        time.sleep(3)
+        for action, target in (("promote", v2), ("rollback", v1), ("promote", v2)):
+            t = time.time()
+            reg.promote(target) if action == "promote" else reg.rollback()
+            swaps.append({"action": action, "to": target, "switch_s": load.wait_for(f"en:{target}", t)})
+            time.sleep(3)
+        t_end = time.time()
+    return {"clients": clients, "requests_ok": len(load.ok), "requests_failed": len(load.failed),
+            "failures": load.failed[:5], "swaps": swaps, "duration_s": t_end - load.ok[0][0] if load.ok else None}
+
+
+def redeploy_baseline(url: str, key: str, cfg, clients: int, max_tokens: int) -> dict:
+    """Same load across a Serve rolling update of the model deployment (replica restart)."""
+    from dataclasses import replace
+
+    from ray import serve
+
+    from rayft.serve.app import build_app
+
+    with SteadyLoad(url, key, clients, max_tokens) as load:
+        time.sleep(3)
+        t = time.time()
+        # a different torch thread count changes the replica's init args -> rolling update
+        serve.run(build_app(replace(cfg, torch_threads=(cfg.torch_threads or 1) + 1)), name=cfg.app_name,
+                  route_prefix=cfg.route_prefix)
+        redeploy_s = time.time() - t
+        time.sleep(3)
+    return {"clients": clients, "requests_ok": len(load.ok), "requests_failed": len(load.failed),
+            "failures": load.failed[:5], "redeploy_s": redeploy_s}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny-qwen2")
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=10, help="interleaved in-process/served rounds")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
+    ap.add_argument("--clients", type=int, default=4, help="steady-load clients during the hot swap")
+    ap.add_argument("--redeploy-baseline", action="store_true")
+    args = ap.parse_args()
+
+    import ray
+    from ray import serve
+
+    from rayft.config import load
+    from rayft.serve.config import ServeConfig
+    from rayft.serve.run import start
+
+    out = {"date": time.strftime("%Y-%m-%d"), "command": " ".join([Path(sys.executable).name, *sys.argv]),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+           "uptime_before": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+           "args": vars(args)}
+    tmp = Path(tempfile.mkdtemp(prefix="rayft-serve-bench-"))
+    uri, v1, v2 = build_registry(tmp, args.model)
+    base = InProcess(uri, v1, args.model, args.max_tokens, args.threads)
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    key = "bench-key"
+    os.environ["RAYFT_BENCH_KEY"] = key
+    cfg = load(ServeConfig, None, [f"registry={uri}", "models=[en]", f"port={port}", "api_key_env=RAYFT_BENCH_KEY",
+                                   "num_cpus=1", f"torch_threads={args.threads}", "blocking=false",
+                                   "alias_refresh_s=0.5", "app_name=rayft_bench"])
+    try:
+        url = start(cfg)
+        out.update(interleaved(base, url, key, args))
+        out["overhead_ms_p50"] = out["served_sequential"]["p50_ms"] - out["in_process"]["p50_ms"]
+        out["overhead_ms_mean"] = out["served_sequential"]["mean_ms"] - out["in_process"]["mean_ms"]
+        print(json.dumps({k: out[k] for k in ("in_process", "served_sequential", "served_concurrent")}),
+              file=sys.stderr)
+        out["hot_swap"] = hot_swap(url, key, uri, v1, v2, args.clients, args.max_tokens)
+        if args.redeploy_baseline:
+            out["redeploy_baseline"] = redeploy_baseline(url, key, cfg, args.clients, args.max_tokens)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    out["uptime_after"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
