@@ -16,6 +16,7 @@ failing cluster is recorded and the others still export.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -86,10 +87,10 @@ def place(src: str, dst: Path, mode: str) -> None:
 def _model_for(emb_dir: Path, cfg):
     from ..frames.config import ModelSection
 
-    meta = emb_dir / "model.json"
-    if meta.exists():
-        data = json.loads(meta.read_text())
-        return from_dict(ModelSection, {k: v for k, v in data.items() if k in ModelSection.__dataclass_fields__})
+    for meta in (emb_dir / "model.json", emb_dir.parent / "model.json"):  # embed root or its embeddings/
+        if meta.exists():
+            data = json.loads(meta.read_text())
+            return from_dict(ModelSection, {k: v for k, v in data.items() if k in ModelSection.__dataclass_fields__})
     return cfg.model
 
 
@@ -108,10 +109,11 @@ def frame_tags(emb_dir: Path, paths: pa.Array, cfg) -> tuple[np.ndarray | None, 
     found = np.zeros(len(paths), dtype=bool)
     for f in parquet_files(emb_dir):
         for rb in pq.ParquetFile(f).iter_batches(batch_size=65_536, columns=["path", "embedding"]):
-            pos = pc.index_in(rb.column("path").cast(pa.string()), value_set=paths).to_numpy(zero_copy_only=False)
-            m = ~np.isnan(pos.astype(float)) if pos.dtype == object else pos >= 0
+            pos = pc.index_in(rb.column("path").cast(pa.string()), value_set=paths)  # null = not exported
+            m = pos.is_valid().to_numpy(zero_copy_only=False)
             if not m.any():
                 continue
+            pos = pos.fill_null(0).to_numpy(zero_copy_only=False)
             e = embeddings_from_arrow(rb.column("embedding"))[m]
             if e.shape[1] != text.shape[1]:
                 return None, [], (f"embedding dim {e.shape[1]} != text dim {text.shape[1]} of {model.name}: "
@@ -151,6 +153,10 @@ def run_export(cfg) -> str:
     if tag_note:
         _log(f"caption tags disabled: {tag_note}")
     out.mkdir(parents=True, exist_ok=True)
+    wanted = {f"cluster_{c['id']:03d}" for c in keep}
+    for old in out.glob("cluster_*"):  # folders of an earlier export whose cluster is gone
+        if old.is_dir() and re.fullmatch(r"cluster_\d+", old.name) and old.name not in wanted:
+            shutil.rmtree(old)
     rng = np.random.default_rng(x.seed)
     path_list = paths.to_pylist()
     results, rows = [], []
@@ -195,7 +201,9 @@ def _export_cluster(out: Path, info: dict, paths: list[str], eps: list[str], pro
     others = [p for p in paths if p != medoid]
     pick = rng.choice(len(others), size=min(len(others), max(0, x.sheet_samples - 1)), replace=False)
     sample = ([medoid] if medoid in paths else []) + [others[i] for i in sorted(pick)]
-    sig = {"frames": len(paths), "trigger": info["trigger"], "mode": x.mode, "tags": vocab}
+    members = hashlib.sha1("\n".join(paths).encode()).hexdigest()
+    sig = {"frames": len(paths), "members": members, "trigger": info["trigger"], "mode": x.mode, "tags": vocab,
+           "tags_per_frame": x.tags_per_frame}
     if is_done(folder) and json.loads((folder / "_SUCCESS").read_text()).get("sig") == sig:
         return {"exported_frames": len(paths), "resumed": True, "sample": sample}
     if folder.exists():

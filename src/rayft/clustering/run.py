@@ -101,8 +101,8 @@ def run_cluster(cfg) -> str:
         eps.append(e)
     t_reduce = time.time() - t0
     _log(f"{n} embeddings from {len(files)} files, PCA {pca.summary()} in {t_reduce:.1f}s")
-    labels, info = cluster(z, c.min_cluster_size, c.min_samples, c.selection, c.method, c.flat_max_points,
-                           c.shard_size, c.halo_frac, c.knn_k, c.seed, log=_log)
+    labels, info = cluster(z, c.min_cluster_size, c.min_samples, c.selection, c.method, c.shard_size,
+                           c.halo_frac, c.knn_k, c.seed, log=_log)
     path_arr = pa.chunked_array(paths, type=pa.string()).combine_chunks()
     ep_arr = pa.chunked_array(eps, type=pa.string()).combine_chunks()
     clusters = summarize(z, labels, path_arr, ep_arr)
@@ -111,7 +111,8 @@ def run_cluster(cfg) -> str:
                    out / ".labels.parquet.tmp")
     (out / ".labels.parquet.tmp").replace(out / "labels.parquet")
     seconds = time.time() - t0
-    info.pop("shard_stats", None) if len(info.get("shard_stats", [])) > 200 else None
+    if len(info.get("shard_stats", [])) > 200:  # keep clusters.json readable at huge shard counts
+        info.pop("shard_stats")
     atomic_write_json(out / "clusters.json", {
         "input": str(Path(c.input).resolve()), "points": n, "clusters": len(clusters),
         "noise": int((labels < 0).sum()), "min_cluster_size": c.min_cluster_size,

@@ -72,11 +72,11 @@ class ClusterSection:
     selection: Literal["leaf", "eom"] = opt("leaf", "HDBSCAN cluster selection: leaf keeps the "
                                             "finest dense groups (small characters inside a diffuse "
                                             "background survive); eom prefers big stable clusters")
-    method: Literal["auto", "flat", "sharded"] = opt("auto", "flat = one fast_hdbscan call over all "
-                                                      "points; sharded = the bounded-memory path "
-                                                      "(neighbour search per spatial shard, one "
-                                                      "global tree); auto = flat up to flat_max_points")
-    flat_max_points: int = opt(150_000, "auto picks flat at or below this many points")
+    method: Literal["sharded", "flat"] = opt("sharded", "sharded = rayft's bounded-memory path (kNN "
+                                             "per spatial shard of <= shard_size points, one global "
+                                             "tree; a single exact shard for small sets); flat = one "
+                                             "fast_hdbscan call over all points (reference; memory "
+                                             "grows with n, ~1 min numba compile per process)")
     shard_size: int = opt(100_000, "max points (home + halo) in one neighbour search (bounds memory)")
     halo_frac: float = opt(0.2, "fraction of points copied into a neighbouring shard's halo")
     knn_k: int = opt(0, "neighbours kept per point in the sharded path; 0 = max(2*min_samples, 15)")

@@ -60,6 +60,9 @@ def open_frame(path: str | Path, max_pixels: int, min_side: int, draft: int = 0)
         raise FrameReject(f"unreadable: {e.strerror or e}") from None
     if size == 0:
         raise FrameReject("empty file: 0 bytes")
+    # PIL's own bomb check (warning above MAX_IMAGE_PIXELS, error above twice that) follows
+    # the configured limit, so raising max_pixels really admits bigger frames.
+    Image.MAX_IMAGE_PIXELS = max_pixels
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:

@@ -1,7 +1,7 @@
 """open_clip image/text embedding: a callable class that loads the model once (actor pool).
 
 No Ray here: ``ClipEmbedder`` is handed to ``Dataset.map_batches`` by frames/run.py, and
-called directly by the DataLoader baseline in benchmarks/embed_bench.py.
+called directly by the DataLoader baseline in benchmarks/frames_embed_bench.py.
 """
 from __future__ import annotations
 
@@ -34,10 +34,15 @@ def load_clip(cfg: ModelSection, device: str = "cpu") -> LoadedClip:
 
     torch.manual_seed(cfg.seed)  # same random weights in every actor and in the export step
     precision = cfg.precision if device.startswith("cuda") else "fp32"
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # "randomly initialised" warning
-    model = open_clip.create_model(
-        cfg.name, pretrained=cfg.pretrained or None, precision=precision, device=device,
-        force_image_size=cfg.image_size or None, cache_dir=cfg.cache_dir or None)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))  # open_clip logs each load step on the root logger
+    try:
+        model = open_clip.create_model(
+            cfg.name, pretrained=cfg.pretrained or None, precision=precision, device=device,
+            force_image_size=cfg.image_size or None, cache_dir=cfg.cache_dir or None)
+    finally:
+        root.setLevel(level)
     model.eval()
     pp = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = model.visual.image_size
@@ -46,6 +51,39 @@ def load_clip(cfg: ModelSection, device: str = "cpu") -> LoadedClip:
     dtype = next(model.parameters()).dtype
     return LoadedClip(model, size, tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)),
                       tuple(pp.get("std", open_clip.OPENAI_DATASET_STD)), dim, device, dtype)
+
+
+def check_model(cfg: ModelSection) -> str:
+    """Fail fast, on the driver, with a clear message for an unknown model or weights that
+    cannot be fetched (actors would otherwise fail one by one inside Ray). Downloads tagged
+    weights into the open_clip cache once, so local actors load them from disk. Returns a
+    warning to print ('' if none)."""
+    import open_clip
+
+    from ..config import ConfigError
+
+    if cfg.name.startswith(("hf-hub:", "local-dir:")):
+        return ""  # open_clip resolves config and weights from the hub/folder itself
+    if not open_clip.get_model_config(cfg.name):
+        raise ConfigError(f"model.name: unknown open_clip model {cfg.name!r} (see open_clip.list_models())")
+    if not cfg.pretrained:
+        return (f"model.pretrained is empty: {cfg.name} has RANDOM weights (seed {cfg.seed}); fine for tests, "
+                "but clusters of such embeddings do not find characters. Set model.pretrained "
+                f"(tags for {cfg.name}: {', '.join(open_clip.list_pretrained_tags_by_model(cfg.name)) or 'none'})")
+    tag_cfg = open_clip.get_pretrained_cfg(cfg.name, cfg.pretrained)
+    if tag_cfg:
+        try:
+            open_clip.download_pretrained(tag_cfg, cache_dir=cfg.cache_dir or None)
+        except Exception as e:  # noqa: BLE001 - any network/hub error becomes one clear message
+            raise ConfigError(f"model.pretrained={cfg.pretrained!r}: cannot fetch weights for {cfg.name}: "
+                              f"{type(e).__name__}: {e}. Check network/hub access, or set model.pretrained "
+                              "to a local checkpoint file (or model.cache_dir to a folder that has it)") from None
+        return ""
+    if os.path.isfile(cfg.pretrained):
+        return ""
+    tags = open_clip.list_pretrained_tags_by_model(cfg.name)
+    raise ConfigError(f"model.pretrained={cfg.pretrained!r} is neither a pretrained tag of {cfg.name} "
+                      f"(known: {', '.join(tags) or 'none'}) nor an existing checkpoint file")
 
 
 def model_image_size(cfg: ModelSection) -> int:
