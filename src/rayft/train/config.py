@@ -41,6 +41,10 @@ class ModelSection:
                     "tiny-llama, smollm2-135m-instruct")
     trust_remote_code: bool = opt(False, "allow model repos to run their own Python code")
     dtype: str = opt("auto", "auto (bf16 on GPUs that support it, else float32) | float32 | bfloat16")
+    init: Literal["pretrained", "random"] = opt(
+        "pretrained", "pretrained: load the weights; random: build the architecture from the model's "
+        "config.json with seeded random weights (memory/throughput benchmarks of real architectures "
+        "without downloading them; the result is not a useful model)")
 
 
 @dataclass
@@ -70,6 +74,20 @@ class TrainSection:
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     stop_after_steps: int = opt(0, "stop (checkpointed) after this many steps of this launch, "
                                 "without finishing; rerun to resume (0 disables)")
+    strategy: Literal["ddp", "zero2", "zero3"] = opt(
+        "ddp", "ddp (every worker holds the whole model) | zero2 (DeepSpeed: optimizer states and "
+        "gradients sharded across workers) | zero3 (DeepSpeed: parameters sharded too)")
+    offload_optimizer: Literal["none", "cpu", "nvme"] = opt(
+        "none", "DeepSpeed optimizer offload (zero2/zero3). cpu moves it to host memory (saves GPU "
+        "memory only: on CPU workers it stays in the same process); nvme swaps optimizer states to "
+        "train.nvme_path on local disk (needs libaio)")
+    offload_params: Literal["none", "cpu", "nvme"] = opt(
+        "none", "DeepSpeed parameter offload (zero3 only): nvme keeps parameters on local disk and "
+        "fetches each layer when it runs (ZeRO-Infinity)")
+    nvme_path: str = opt("", "local directory for nvme offload swap files (default: "
+                         "<run dir>/nvme_swap); fast local disk, never a network filesystem")
+    deepspeed_config: str = opt("", "optional JSON file merged over the generated DeepSpeed config "
+                                "(zero2/zero3); unknown keys are refused before launch")
 
     def validate(self) -> None:
         for k in ("max_steps", "batch_size", "grad_accum", "log_every", "checkpoint_every"):
@@ -77,6 +95,14 @@ class TrainSection:
                 raise ConfigError(f"train.{k}: expected >= 1, got {getattr(self, k)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr: expected > 0, got {self.lr}")
+        if self.strategy == "ddp" and (self.offload_optimizer != "none" or self.offload_params != "none"):
+            raise ConfigError("train.offload_optimizer/offload_params need a DeepSpeed strategy: "
+                              "set train.strategy=zero2 or zero3")
+        if self.offload_params != "none" and self.strategy != "zero3":
+            raise ConfigError(f"train.offload_params={self.offload_params} needs train.strategy=zero3 "
+                              f"(only ZeRO-3 partitions parameters), got {self.strategy}")
+        if self.deepspeed_config and self.strategy == "ddp":
+            raise ConfigError("train.deepspeed_config is only used with train.strategy=zero2 or zero3")
 
 
 @dataclass
@@ -97,6 +123,28 @@ class ScalingSection:
 
 
 @dataclass
+class MemorySection:
+    budget_gb: float = opt(0.0, "peak resident memory (RSS) allowed per worker, in GB (2**30 bytes); "
+                           "0 disables the estimate check and the watchdog")
+    stop_fraction: float = opt(0.9, "the watchdog checkpoints and stops the run once a worker's RSS "
+                               "passes this fraction of memory.budget_gb")
+    sample_interval_s: float = opt(0.05, "how often each worker's watchdog samples its RSS (the kernel's "
+                                   "high-water mark is checked too, so short spikes are not missed)")
+    refuse_over_estimate: bool = opt(True, "refuse to launch when the pre-launch estimate exceeds the "
+                                     "watchdog line (budget x stop_fraction); false only prints it")
+    runtime_gb: float = opt(0.0, "estimator: per-worker memory before any model (torch, transformers, "
+                            "Ray Train, DeepSpeed); 0 uses the measured default for this install")
+
+    def validate(self) -> None:
+        if self.budget_gb < 0:
+            raise ConfigError(f"memory.budget_gb: expected >= 0, got {self.budget_gb}")
+        if not 0 < self.stop_fraction <= 1:
+            raise ConfigError(f"memory.stop_fraction: expected 0 < value <= 1, got {self.stop_fraction}")
+        if self.sample_interval_s <= 0:
+            raise ConfigError(f"memory.sample_interval_s: expected > 0, got {self.sample_interval_s}")
+
+
+@dataclass
 class GenerateSection:
     prompt: str = opt("", "after training, reload the saved adapter and answer this prompt")
     max_new_tokens: int = opt(48, "tokens to generate for the sample prompt")
@@ -110,6 +158,8 @@ class TrainConfig:
     lora: LoraSection = section(LoraSection, "LoRA adapter (train.method=lora)")
     train: TrainSection = section(TrainSection, "optimisation")
     scaling: ScalingSection = section(ScalingSection, "Ray Train workers and failures")
+    memory: MemorySection = section(MemorySection, "per-worker memory budget: pre-launch estimate and "
+                                    "RSS watchdog (see configs/profiles/)")
     generate: GenerateSection = section(GenerateSection, "sample generation after training")
 
     def validate(self) -> None:

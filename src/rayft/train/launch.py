@@ -193,7 +193,8 @@ def _check_resources(cfg: TrainConfig) -> None:
                           f"{res.get('memory', 0) / 2**30:.1f} GB")
 
 
-def fit(cfg: TrainConfig, p: Prepared, datasets: tuple | None = None, callbacks: list | None = None):
+def fit(cfg: TrainConfig, p: Prepared, datasets: tuple | None = None, callbacks: list | None = None,
+        checked=None):
     """Run the TorchTrainer; returns the Ray Train Result.
 
     ``datasets`` (``_ray_datasets`` output) and ``callbacks`` (Ray Train UserCallbacks) are
@@ -204,6 +205,9 @@ def fit(cfg: TrainConfig, p: Prepared, datasets: tuple | None = None, callbacks:
 
     from .loop import train_loop_per_worker
 
+    from .preflight import preflight
+
+    checked = checked if checked is not None else preflight(cfg, p.source, p.run_dir.resolve())
     _check_resources(cfg)
     res = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.memory_per_worker_gb:
@@ -211,7 +215,8 @@ def fit(cfg: TrainConfig, p: Prepared, datasets: tuple | None = None, callbacks:
     full, parts = datasets if datasets is not None else _ray_datasets(p, cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "source": p.source, "run_dir": str(p.run_dir.resolve())},
+        train_loop_config={"cfg": to_dict(cfg), "source": p.source, "run_dir": str(p.run_dir.resolve()),
+                           "deepspeed": checked.ds_config},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker=res),
         run_config=RunConfig(
@@ -264,6 +269,8 @@ def run_training(cfg: TrainConfig, prepared: Prepared | None = None, datasets: t
     t_start = time.time()
     p = prepared if prepared is not None else prepare(cfg)
     run_dir = p.run_dir
+    from .preflight import preflight
+    checked = preflight(cfg, p.source, run_dir.resolve())  # memory/DeepSpeed refusals: before Ray starts
     if cfg.run.overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -281,7 +288,7 @@ def run_training(cfg: TrainConfig, prepared: Prepared | None = None, datasets: t
     bar = _Progress(run_dir / "metrics.jsonl", cfg.train.max_steps, start_step)
     bar.start()
     try:
-        result = fit(cfg, p, datasets, callbacks)
+        result = fit(cfg, p, datasets, callbacks, checked)
     finally:
         bar.stop_evt.set()
         bar.join(timeout=5)
@@ -298,6 +305,7 @@ def run_training(cfg: TrainConfig, prepared: Prepared | None = None, datasets: t
 
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     report = build_report(cfg, p, metrics, state, time.time() - t_start, start_step)
+    report["memory"] = dict(checked.report(), budget_gb=cfg.memory.budget_gb, stopped=state.get("stopped"))
     from .plot import plot_loss
     plot_loss(metrics, run_dir / "loss.png", f"{cfg.model.name} {cfg.train.method} - {run_dir.name}")
     if cfg.generate.prompt and state["step"] >= cfg.train.max_steps:
@@ -309,6 +317,12 @@ def run_training(cfg: TrainConfig, prepared: Prepared | None = None, datasets: t
           f"{_f(report['val_loss_start'])} -> {_f(report['val_loss'])} | {report['tokens_per_s']:.0f} tokens/s | "
           f"peak RSS per worker {', '.join(f'{x:.0f}' for x in report['peak_rss_mb'])} MB | "
           f"{report['wall_s']:.0f} s", file=sys.stderr)
+    if state.get("stopped"):  # the memory watchdog stopped it: resumable, but not a success
+        from .memory import MemoryBudgetError
+        from .watchdog import stop_message
+        st = state["stopped"]
+        raise MemoryBudgetError(stop_message(st["rank"], st["rss_mb"] * 2**20, st["budget_gb"], st["stop_fraction"],
+                                             state["step"], str(ck)))
     return str(run_dir)
 
 

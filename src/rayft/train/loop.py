@@ -1,16 +1,16 @@
 """train_loop_per_worker: the ONLY caller of ray.train.* APIs in rayft.
 
 Data order is fully determined by (seed, epoch, step): each worker pulls its shard
-once (deterministic split, see launch.DeterministicSplit), orders it by row index and
+once (deterministic split, see launch._ray_datasets), orders it by row index and
 walks a seeded per-epoch permutation. With model, optimizer, scheduler, step and every
 worker's RNG restored from the checkpoint, a resumed run continues the exact same loss
-curve as an uninterrupted one.
+curve as an uninterrupted one. How a step is taken (DDP or DeepSpeed ZeRO) lives in
+engine.py / zero.py; the memory watchdog in watchdog.py.
 """
 from __future__ import annotations
 
-import math
+import json
 import os
-import resource
 import shutil
 import tempfile
 import time
@@ -21,23 +21,16 @@ import torch
 
 from ..config import from_dict
 from ..data.tokenize import collate
-from ..storage import append_jsonl, atomic_write_text, read_jsonl
+from ..storage import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from . import checkpoint as ckpt_io
 from .config import TrainConfig
+from .engine import build_model, lr_lambda  # noqa: F401  (re-exported: benchmarks import them here)
+from .watchdog import GB, RssWatchdog, peak_rss_bytes, stop_message
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def lr_lambda(warmup: int, total: int, min_ratio: float):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
+    """This process's peak resident set size in MB."""
+    return peak_rss_bytes() / 2**20
 
 
 def _pull_shard(name: str) -> list[tuple[np.ndarray, np.ndarray, int]]:
@@ -56,32 +49,19 @@ def _pull_shard(name: str) -> list[tuple[np.ndarray, np.ndarray, int]]:
     return rows
 
 
-def build_model(cfg: TrainConfig, source: str, tok):
-    from ..models.load import load_model
+def _evaluate(model, rows, bs: int, pad_id: int, device, n_batches: int | None = None) -> tuple[float, float]:
+    """(sum of token losses, token count) over this worker's rows.
 
-    model = load_model(source, tok, cfg.model.dtype, cfg.model.trust_remote_code, cfg.run.seed)
-    if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    if cfg.train.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        tm = cfg.lora.target_modules
-        lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                          target_modules="all-linear" if tm == ["all-linear"] else tm, task_type="CAUSAL_LM")
-        torch.manual_seed(cfg.run.seed + 1)  # same adapter init on every worker
-        model = get_peft_model(model, lcfg)
-    return model
-
-
-def _evaluate(model, rows, bs: int, pad_id: int, device) -> tuple[float, float]:
-    """(sum of token losses, token count) over this worker's rows."""
+    ``n_batches`` > this worker's own count pads with loss-free dummy batches: under ZeRO-3
+    every forward gathers parameters collectively, so all workers must run as many."""
     model.eval()
     tot, cnt = 0.0, 0.0
+    own = -(-len(rows) // bs)
+    dummy = [(np.array([pad_id, pad_id]), np.array([-100, -100]))]
     with torch.no_grad():
-        for i in range(0, len(rows), bs):
-            b = collate([(r[0], r[1]) for r in rows[i:i + bs]], pad_id)
-            b = {k: v.to(device) for k, v in b.items()}
+        for j in range(max(own, n_batches or 0)):
+            ex = [(r[0], r[1]) for r in rows[j * bs:(j + 1) * bs]] or dummy
+            b = {k: v.to(device) for k, v in collate(ex, pad_id).items()}
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
             lab = b["labels"][:, 1:]
             lp = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),
@@ -96,6 +76,9 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import torch.distributed as dist
 
+    from ..models.load import load_tokenizer
+    from .engine import make_engine
+
     cfg = from_dict(TrainConfig, config["cfg"])
     source, run_dir = config["source"], Path(config["run_dir"])
     ctx = ray.train.get_context()
@@ -104,22 +87,21 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(threads)
     (run_dir / "workers").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "workers" / f"rank{rank}.pid", str(os.getpid()))
-
-    from ..models.load import load_tokenizer
+    mem = cfg.memory
+    watchdog = RssWatchdog(mem.budget_gb * mem.stop_fraction * GB if mem.budget_gb > 0 else 0,
+                           mem.sample_interval_s)
+    watchdog.start()
+    rss_start = watchdog.sample()
 
     tok = load_tokenizer(source, cfg.model.trust_remote_code)
-    model = build_model(cfg, source, tok)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.min_lr_ratio))
+    rss_runtime = watchdog.sample()  # torch + transformers + ray.train (+ tokenizer): the fixed cost
+    engine = make_engine(cfg, source, tok, world, config.get("deepspeed"))
 
     step, resumed_from = 0, None
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
-            ckpt_io.load_trainable_weights(model, Path(d), cfg.train.method)
-            state = ckpt_io.load_training_state(Path(d), opt, sched)
+            state = engine.restore(Path(d), rank, world)
             step = int(state["step"])
             resumed_from = step
             if state.get("world_size") == world:
@@ -129,16 +111,15 @@ def train_loop_per_worker(config: dict) -> None:
     else:
         torch.manual_seed(cfg.run.seed * 1000 + rank)
 
-    model = ray.train.torch.prepare_model(model)
+    engine.wrap(ray.train.torch.prepare_model)
     device = ray.train.torch.get_device()
-    inner = model.module if hasattr(model, "module") else model
+    rss_built = watchdog.sample()
     pad_id = tok.pad_token_id
 
     train_rows, val_rows = _pull_shard("train"), _pull_shard("val")
     n_trunc = all_sum_early(dist, world, [sum(r[3] for r in train_rows), sum(r[3] for r in val_rows),
                                           len(train_rows), len(val_rows)])
     if rank == 0:
-        from ..storage import atomic_write_json
         atomic_write_json(run_dir / "data_stats.json", {
             "train_truncated": int(n_trunc[0]), "val_truncated": int(n_trunc[1]),
             "train_rows_in_shards": int(n_trunc[2]), "val_rows_in_shards": int(n_trunc[3])})
@@ -158,29 +139,40 @@ def train_loop_per_worker(config: dict) -> None:
             dist.all_reduce(t)
         return t.tolist()
 
+    def gather(obj) -> list:
+        if world == 1:
+            return [obj]
+        out = [None] * world
+        dist.all_gather_object(out, obj)
+        return out
+
     def val_loss() -> float | None:
         if not val_rows and world == 1:
             return None
-        # The unwrapped module: DDP's forward syncs buffers (a collective), which would
-        # deadlock when one worker has fewer val rows than another.
-        s, c = _evaluate(inner, val_rows, bs, pad_id, device)
+        n = None
+        if engine.lockstep_eval:
+            n = int(max(gather(-(-len(val_rows) // bs))))
+        s, c = _evaluate(engine.eval_model, val_rows, bs, pad_id, device, n)
         s, c = all_sum([s, c])
         return s / c if c else None
 
     metrics_path = run_dir / "metrics.jsonl"
+    mem_rows = gather({"rss_start_mb": rss_start / 2**20, "rss_runtime_mb": rss_runtime / 2**20,
+                       "rss_built_mb": rss_built / 2**20})
     if rank == 0:  # drop metrics logged after the checkpoint we resumed from
         kept = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= step]
-        atomic_write_text(metrics_path, "".join(__import__("json").dumps(r) + "\n" for r in kept))
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_json(run_dir / "memory.json", {k: [r[k] for r in mem_rows] for k in mem_rows[0]}
+                          | {"strategy": cfg.train.strategy, "budget_gb": mem.budget_gb})
 
-    def save_and_report(metrics: dict, final: bool) -> None:
+    def save_and_report(metrics: dict, final: bool, extra: dict | None = None) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=f"rayft-ckpt-{rank}-"))
         try:
             ckpt_io.save_rng(tmp / f"rng_rank{rank}.safetensors")
-            if rank == 0:
-                ckpt_io.save_model(inner, tok, tmp, cfg.train.method)
-                ckpt_io.save_training_state(tmp, opt, sched, {
-                    "step": step, "world_size": world, "final": final, "metrics": metrics,
-                    "method": cfg.train.method, "base_model": source, "config": config["cfg"]})
+            engine.save(tmp, rank, world, {
+                "step": step, "world_size": world, "final": final, "metrics": metrics,
+                "method": cfg.train.method, "strategy": cfg.train.strategy, "base_model": source,
+                "config": config["cfg"], **(extra or {})})
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
                              checkpoint_dir_name=f"step_{step:07d}")
         finally:
@@ -191,10 +183,9 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0 and v0 is not None:
             append_jsonl(metrics_path, {"step": 0, "val_loss": v0, "time": time.time()})
 
-    model.train()
+    engine.model.train()
     launch_start = step
     win_loss, win_tokens, win_steps, t0 = 0.0, 0.0, 0, time.perf_counter()
-    rss_peak = peak_rss_mb()
     stop_at = cfg.train.max_steps
     if cfg.train.stop_after_steps:
         stop_at = min(stop_at, launch_start + cfg.train.stop_after_steps)
@@ -203,54 +194,69 @@ def train_loop_per_worker(config: dict) -> None:
         for a in range(accum):
             examples, epoch = micro_batch(step * accum + a)
             b = {k: v.to(device) for k, v in collate(examples, pad_id).items()}
-            sync = a == accum - 1 or world == 1
-            ctx_mgr = model.no_sync() if (not sync and hasattr(model, "no_sync")) else _null()
-            with ctx_mgr:
-                out = model(**b)
-                (out.loss / accum).backward()
-            step_loss += out.loss.item() / accum
+            step_loss += engine.micro_step(b, a, accum) / accum
             step_tokens += float(b["attention_mask"].sum().item())
-        if cfg.train.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        engine.step()
         step += 1
-        gl, gt = all_sum([step_loss, step_tokens])
+        # the watchdog's flag rides on the loss all-reduce: every worker learns of a trip together
+        gl, gt, trips = all_sum([step_loss, step_tokens, float(watchdog.tripped.is_set())])
         gl /= world
         win_loss += gl
         win_tokens += gt
         win_steps += 1
-        rss_peak = max(rss_peak, peak_rss_mb())
-        last = step == stop_at
+        mem_stop = trips > 0
+        last = step == stop_at or mem_stop
         do_log = step == 1 or step % cfg.train.log_every == 0 or last
         do_ckpt = step % cfg.train.checkpoint_every == 0 or last
-        do_eval = last or (cfg.train.eval_every and step % cfg.train.eval_every == 0)
+        do_eval = (last and not mem_stop) or (cfg.train.eval_every and step % cfg.train.eval_every == 0)
         if not (do_log or do_ckpt or do_eval):
             continue
         dt = time.perf_counter() - t0
         metrics = {"step": step, "epoch": epoch, "loss": gl, "loss_avg": win_loss / win_steps,
-                   "lr": sched.get_last_lr()[0], "tokens_per_s": win_tokens / dt if dt > 0 else 0.0,
+                   "lr": engine.lr(), "tokens_per_s": win_tokens / dt if dt > 0 else 0.0,
                    "tokens": win_tokens, "window_s": dt, "max_steps": cfg.train.max_steps}
         if do_eval:
             metrics["val_loss"] = val_loss()
-        peaks = [0.0] * world
-        if world > 1:
-            gathered = [None] * world
-            dist.all_gather_object(gathered, rss_peak)
-            peaks = [float(x) for x in gathered]
-        else:
-            peaks = [rss_peak]
-        metrics["peak_rss_mb"] = peaks
+        watchdog.sample()
+        rows = gather((peak_rss_mb(), watchdog.at_trip / 2**20))
+        metrics["peak_rss_mb"] = [float(r[0]) for r in rows]
+        extra = None
+        if mem_stop:
+            who = max(range(world), key=lambda r: rows[r][1])
+            extra = {"stopped": {"reason": "memory", "rank": who, "rss_mb": rows[who][1],
+                                 "peak_rss_mb": rows[who][0], "budget_gb": mem.budget_gb,
+                                 "stop_fraction": mem.stop_fraction}}
+            metrics["memory_stop"] = extra["stopped"]
         if resumed_from is not None:
             metrics["resumed_from"] = resumed_from
         if rank == 0:
             append_jsonl(metrics_path, dict(metrics, time=time.time()))
         if do_ckpt:
-            save_and_report(metrics, final=step == cfg.train.max_steps)
+            save_and_report(metrics, final=step == cfg.train.max_steps, extra=extra)
         else:
             ray.train.report(metrics)
+        if mem_stop:
+            if rank == 0:
+                print(stop_message(extra["stopped"]["rank"], extra["stopped"]["rss_mb"] * 2**20, mem.budget_gb,
+                                   mem.stop_fraction, step, f"step_{step:07d}"), flush=True)
+            break
         win_loss, win_tokens, win_steps, t0 = 0.0, 0.0, 0, time.perf_counter()
+    watchdog.stop()
+    _cleanup_swap(config, rank, world, dist)
+
+
+def _cleanup_swap(config: dict, rank: int, world: int, dist) -> None:
+    """NVMe offload swap files are scratch (restored from the checkpoint on resume): remove them."""
+    ds = config.get("deepspeed") or {}
+    paths = {v.get("nvme_path") for k, v in ds.get("zero_optimization", {}).items()
+             if k.startswith("offload_") and isinstance(v, dict) and v.get("nvme_path")}
+    if not paths:
+        return
+    if world > 1:
+        dist.barrier()
+    if rank == 0:
+        for p in paths:
+            shutil.rmtree(Path(p) / "zero_stage_3", ignore_errors=True)
 
 
 def all_sum_early(dist, world: int, values: list[float]) -> list[float]:
@@ -258,11 +264,3 @@ def all_sum_early(dist, world: int, values: list[float]) -> list[float]:
     if world > 1:
         dist.all_reduce(t)
     return t.tolist()
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False

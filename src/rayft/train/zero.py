@@ -1,0 +1,176 @@
+"""DeepSpeed ZeRO-2/3 engine and its checkpoints (safetensors; nothing is pickled).
+
+Checkpoint layout (added to the usual state.json / adapter|model / rng files)::
+
+    zero/rank{R}-{K}.safetensors   fp32 master weights + AdamW moments, FULL tensors keyed
+                                   "<param name>::fp32|exp_avg|exp_avg_sq"; parameter i is
+                                   written by rank i % world, K counts files of ~256 MB
+
+Every rank writes its share (``safe_get_full_*`` gathers each tensor, its owner keeps it),
+and every tensor is whole, so the same checkpoint restores on any worker count and under
+zero2 or zero3 (``safe_set_full_*`` takes each rank's slice). DeepSpeed's own
+``save_checkpoint`` pickles and is tied to the world size, hence not used.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .config import TrainConfig
+from .engine import build_model, make_optimizer
+
+SHARD_BYTES = 256 * 2**20
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def _skip_shm_comm_build() -> None:
+    """DeepSpeed compiles a shared-memory all-reduce op on CPU at init (~60 s, plus buffers);
+    it only serves inference all-reduce, never training. Its op table is a module-level dict
+    whose edits persist (see deepspeed/ops/__init__.py), so mark the op unavailable."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+class ZeroEngine:
+    """DeepSpeed engine over the model; optimizer = torch AdamW, schedule = our LambdaLR."""
+
+    def __init__(self, cfg: TrainConfig, source: str, tok, world: int, ds_config: dict):
+        import deepspeed
+
+        from ..models.load import is_tiny
+
+        _skip_shm_comm_build()
+        self.cfg, self.tok, self.world = cfg, tok, world
+        self.stage = int(ds_config["zero_optimization"]["stage"])
+        self.lockstep_eval = self.stage == 3
+        self._hf_ds = None
+        if self.stage == 3 and not is_tiny(source):
+            # Must exist (and stay referenced) BEFORE the model is built: transformers then
+            # builds it under deepspeed.zero.Init, so no rank ever holds the whole model.
+            # Tiny presets are built whole so their seeded weights match the ddp path's.
+            from transformers.integrations.deepspeed import HfDeepSpeedConfig
+            self._hf_ds = HfDeepSpeedConfig(ds_config)
+        model = build_model(cfg, source, tok)
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt, self.sched = make_optimizer(cfg, params)
+        self.engine, self.zopt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config,
+                                                            dist_init_required=False)
+        self.basic = opt
+        self.model = self.eval_model = self.engine.module
+
+    def wrap(self, prepare_model) -> None:  # DeepSpeed already placed and wrapped the model
+        return None
+
+    def micro_step(self, batch: dict, index: int, accum: int) -> float:
+        out = self.engine(**batch)
+        self.engine.backward(out.loss)  # DeepSpeed divides by gradient_accumulation_steps
+        self.engine.step()  # optimizer step (with clipping) only at the accumulation boundary
+        return out.loss.item()
+
+    def step(self) -> None:
+        self.sched.step()
+
+    def lr(self) -> float:
+        return self.sched.get_last_lr()[0]
+
+    def _trainable(self):
+        named = dict(self.engine.module.named_parameters())
+        return [(n, named[n]) for n in self.names]
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def save(self, directory: Path, rank: int, world: int, state: dict) -> None:
+        """Collective: every rank must call it at the same step."""
+        from .checkpoint import STATE
+
+        self._save_artifact(directory, rank)
+        self._save_shards(directory / "zero", rank, world)
+        if rank == 0:
+            adam_step = max((float(st["step"]) for st in self.basic.state.values() if "step" in st), default=0.0)
+            state = dict(state, zero={"stage": self.stage, "adam_step": adam_step, "layout": "full-tensors-v1"},
+                         scheduler=self.sched.state_dict())
+            (directory / STATE).write_text(json.dumps(state, indent=2, default=str))
+
+    def _save_shards(self, out: Path, rank: int, world: int) -> None:
+        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+        out.mkdir(parents=True, exist_ok=True)
+        buf, size, k = {}, 0, 0
+        for i, (name, p) in enumerate(self._trainable()):
+            for key in ("fp32", *MOMENTS):
+                # collective (all-gather / all-reduce): every rank runs every call, in order
+                t = safe_get_full_fp32_param(p) if key == "fp32" else safe_get_full_optimizer_state(p, key)
+                if i % world == rank:
+                    buf[f"{name}::{key}"] = t.detach().to("cpu", torch.float32).contiguous()
+                    size += t.numel() * 4
+                del t
+            if size >= SHARD_BYTES:
+                save_file(buf, str(out / f"rank{rank}-{k:03d}.safetensors"))
+                buf, size, k = {}, 0, k + 1
+        if buf or k == 0:
+            save_file(buf, str(out / f"rank{rank}-{k:03d}.safetensors"))
+
+    def _save_artifact(self, directory: Path, rank: int) -> None:
+        """adapter/ (LoRA) or model/ (full), loadable exactly like the ddp path's."""
+        if self.stage == 2:  # parameters are whole on every rank
+            if rank == 0:
+                from .checkpoint import save_model
+                save_model(self.engine.module, self.tok, directory, self.cfg.train.method)
+            return
+        from .zero_io import save_zero3_artifact
+        save_zero3_artifact(self.engine.module, self.tok, directory, self.cfg.train.method, rank)
+
+    def _materialize_optimizer_state(self) -> None:
+        """AdamW creates its moments lazily at the first step, and ZeRO (with nvme: its swap
+        files) only links them then, so there is nothing to load into before that. Take one
+        step at lr=0 on a 2-token batch: weights stay bit-identical (the update and the
+        decoupled weight decay are both scaled by lr), and everything it touches (weights,
+        moments, step count, RNG) is overwritten by the restore that follows."""
+        lrs = [g["lr"] for g in self.basic.param_groups]
+        for g in self.basic.param_groups:
+            g["lr"] = 0.0
+        x = torch.tensor([[0, 1]], device=self.engine.device)
+        for _ in range(self.engine.gradient_accumulation_steps()):
+            out = self.engine(input_ids=x, labels=x)
+            self.engine.backward(out.loss)
+            self.engine.step()
+        for g, lr in zip(self.basic.param_groups, lrs):
+            g["lr"] = lr
+
+    def restore(self, directory: Path, rank: int, world: int) -> dict:
+        """Load weights + AdamW moments from full tensors (any saved world size / stage)."""
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+        from .checkpoint import read_state
+        from .zero_io import set_lp_param, tensor_index
+
+        state = read_state(directory)
+        if "zero" not in state:
+            raise RuntimeError(f"{directory}: checkpoint was written by train.strategy=ddp; resume it with "
+                               "ddp (or start a new run name for a DeepSpeed strategy)")
+        index = tensor_index(directory / "zero")
+        self._materialize_optimizer_state()
+        for name, p in self._trainable():
+            for key in ("fp32", *MOMENTS):
+                if f"{name}::{key}" not in index:
+                    raise RuntimeError(f"{directory}: no {key} for parameter {name} (was the checkpoint "
+                                       "written with a different train.method or lora config?)")
+            fp32 = index.get(f"{name}::fp32")
+            safe_set_full_fp32_param(p, fp32)
+            set_lp_param(p, fp32, self.stage)  # the model's own (possibly bf16) copy
+            for key in MOMENTS:
+                safe_set_full_optimizer_state(p, index.get(f"{name}::{key}"), key)
+        if self.stage == 2:
+            self.zopt.update_lp_params()  # keep the replicated low-precision copy in step
+        for st in self.basic.state.values():
+            if "step" in st:
+                st["step"] = torch.tensor(float(state["zero"]["adam_step"]), dtype=torch.float32)
+        self.sched.load_state_dict(state["scheduler"])
+        for g, lr in zip(self.basic.param_groups, self.sched.get_last_lr()):
+            g["lr"] = lr  # LambdaLR.load_state_dict restores its counters, not the groups' lr
+        return state
+
