@@ -21,13 +21,34 @@ def _nearest(z: np.ndarray, c: np.ndarray, chunk: int = 262_144) -> np.ndarray:
     return out
 
 
-def _kmeans(z: np.ndarray, k: int, seed: int, sample: int = 100_000) -> np.ndarray:
-    from sklearn.cluster import KMeans
-
+def _kmeans(z: np.ndarray, k: int, seed: int, sample: int = 100_000, iters: int = 15) -> np.ndarray:
+    """Centroids by k-means++ seeding + Lloyd steps on a sample, in plain numpy: only shard
+    regions are needed, not a polished k-means, and this avoids sklearn's OpenMP start-up
+    (10+ s on a loaded 2-core machine for a 6,000-point fit)."""
     rng = np.random.default_rng(seed)
     x = z if len(z) <= sample else z[rng.choice(len(z), sample, replace=False)]
+    x = np.ascontiguousarray(x, dtype=np.float32)
     k = max(1, min(k, len(x)))
-    return KMeans(n_clusters=k, n_init=2, random_state=seed).fit(x).cluster_centers_.astype(np.float32)
+    c = np.empty((k, x.shape[1]), dtype=np.float32)
+    c[0] = x[rng.integers(len(x))]
+    d2 = ((x - c[0]) ** 2).sum(1)
+    for i in range(1, k):  # k-means++: far-apart seeds, so regions follow the data
+        p = d2 / d2.sum() if d2.sum() > 0 else None
+        c[i] = x[rng.choice(len(x), p=p)]
+        d2 = np.minimum(d2, ((x - c[i]) ** 2).sum(1))
+    for _ in range(iters):
+        a = _nearest(x, c)
+        cnt = np.bincount(a, minlength=k)
+        new = np.zeros_like(c, dtype=np.float64)
+        np.add.at(new, a, x)
+        empty = cnt == 0
+        new[~empty] /= cnt[~empty, None]
+        new[empty] = c[empty]  # an empty region keeps its seed
+        new = new.astype(np.float32)
+        if np.allclose(new, c):
+            break
+        c = new
+    return c
 
 
 def build_partitions(z: np.ndarray, target: int, seed: int = 0, max_rounds: int = 6) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,154 @@
+"""Pure clustering tests (no Ray): streaming PCA, the sharded HDBSCAN path against planted
+truth and against its own single-shard run, and the graph steps it relies on."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import minimum_spanning_tree
+from sklearn.metrics import adjusted_rand_score
+
+from rayft.clustering import graph, hdbscan_scale, partition
+from rayft.clustering.reduce import ScatterAccumulator, embeddings_from_arrow, fit_pca
+from rayft.clustering.synth import PlantedSpec, cluster_sizes, planted
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """6,000 points in 64-d: 12 planted clusters (power-law sizes) + 20 % noise."""
+    return planted(PlantedSpec(n=6000, dim=64, n_clusters=12, min_size=100, seed=1))
+
+
+def test_planted_spec_sizes_and_noise():
+    spec = PlantedSpec(n=10_000, n_clusters=20, min_size=50)
+    sizes = cluster_sizes(spec)
+    assert sizes.sum() == 8000 and sizes.min() >= 50 and sizes[0] == sizes.max()
+    x, y = planted(PlantedSpec(n=2000, dim=32, n_clusters=5, min_size=50))
+    assert x.shape == (2000, 32) and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    assert (y == -1).mean() == pytest.approx(0.2, abs=0.001) and set(y[y >= 0]) == set(range(5))
+
+
+def test_streaming_pca_equals_batch_pca():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((5000, 40)) * np.linspace(5, 0.1, 40) + 3.0).astype(np.float32)
+    acc = ScatterAccumulator()
+    for s in range(0, len(x), 777):  # uneven chunks
+        acc.add(x[s:s + 777])
+    p = fit_pca(acc, 8, whiten=True)
+    xc = x - x.mean(0)
+    w, v = np.linalg.eigh(np.cov(xc.T))
+    ref = xc @ v[:, ::-1][:, :8] / np.sqrt(w[::-1][:8])
+    z = p.transform(x)
+    assert np.allclose(np.abs(z), np.abs(ref), atol=2e-3)  # equal up to component sign
+    assert np.allclose(z.std(0, ddof=1), 1, atol=1e-3)  # whitened
+    assert fit_pca(acc, 0, whiten=False).components.shape == (40, 40)
+
+
+def test_embeddings_from_arrow_layouts():
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    lst = pa.array(x.tolist(), type=pa.list_(pa.float32()))
+    fixed = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 3)
+    assert np.array_equal(embeddings_from_arrow(lst), x)
+    assert np.array_equal(embeddings_from_arrow(pa.chunked_array([fixed])), x)
+    with pytest.raises(ValueError, match="different lengths"):
+        embeddings_from_arrow(pa.array([[1.0, 2.0], [1.0]]))
+    with pytest.raises(ValueError, match="null"):
+        embeddings_from_arrow(pa.array([[1.0], None]))
+
+
+def test_sharded_path_recovers_planted_clusters(blobs):
+    x, truth = blobs
+    labels, info = hdbscan_scale.cluster(x, min_cluster_size=25, min_samples=10, shard_size=1500)
+    assert info["method"] == "sharded" and info["shards"] >= 4
+    assert info["max_call_points"] <= 1500  # no neighbour search ever saw more than shard_size points
+    assert info["guest_copies"] > 0 and info["inf_bridges"] == 0
+    assert adjusted_rand_score(truth, labels) >= 0.9
+    assert (labels == -1).any() and abs((labels == -1).mean() - 0.2) < 0.05  # noise found as noise
+    sizes = np.bincount(labels[labels >= 0])
+    assert sizes.min() >= 25 and (np.diff(sizes) <= 0).all()  # numbered largest first
+
+
+def test_sharded_agrees_with_one_exact_shard(blobs):
+    x, truth = blobs
+    one, info1 = hdbscan_scale.sharded_hdbscan(x, 25, 10, shard_size=100_000)
+    many, info = hdbscan_scale.sharded_hdbscan(x, 25, 10, shard_size=1500)
+    assert info1["shards"] == 1 and info1["knn_beyond_halo"] == 0 and info["shards"] > 1
+    assert adjusted_rand_score(truth, one) >= 0.95
+    assert adjusted_rand_score(one, many) >= 0.9
+
+
+def test_sharded_is_deterministic(blobs):
+    x, _ = blobs
+    a, _ = hdbscan_scale.sharded_hdbscan(x[:3000], 25, 10, shard_size=1200, seed=3)
+    b, _ = hdbscan_scale.sharded_hdbscan(x[:3000], 25, 10, shard_size=1200, seed=3)
+    assert np.array_equal(a, b)
+
+
+def test_fewer_points_than_min_cluster_size_is_all_noise():
+    x = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32)
+    labels, _ = hdbscan_scale.cluster(x, min_cluster_size=25, min_samples=10)
+    assert (labels == -1).all()
+
+
+def test_partitions_respect_target_and_halo_bounds(blobs):
+    x, _ = blobs
+    c, home = partition.build_partitions(x, 1000, seed=0)
+    assert np.bincount(home).max() <= 1000 and len(c) == home.max() + 1
+    guests, h, near_face, h_eff = partition.halo_guests(x, c, home, 0.2, cap=1200)
+    for j, g in enumerate(guests):
+        assert (home[g] != j).all() and len(g) + (home == j).sum() <= 1200
+    assert h > 0 and (h_eff <= h + 1e-9).all()
+    # distance to the nearest face is never more than the distance to any other centroid's half
+    assert (near_face >= 0).all()
+
+
+def test_union_of_partition_forests_is_the_global_mst():
+    rng = np.random.default_rng(0)
+    n, m = 400, 3000
+    src, dst = rng.integers(0, n, m), rng.integers(0, n, m)
+    w = rng.random(m)
+    a, b, w = graph.dedupe_min(src, dst, w)
+    keep = a != b
+    a, b, w = a[keep], b[keep], w[keep]
+    part = rng.integers(0, 5, len(a))  # edges split among 5 "shards" arbitrarily
+    forests = [graph.spanning_forest(a[part == j], b[part == j], w[part == j]) for j in range(5)]
+    union = np.concatenate(forests)
+    merged = graph.spanning_forest(*graph.dedupe_min(union[:, 0].astype(int), union[:, 1].astype(int), union[:, 2]))
+    full = minimum_spanning_tree(coo_matrix((w, (a, b)), shape=(n, n)).tocsr())
+    assert merged[:, 2].sum() == pytest.approx(full.sum())
+
+
+def test_connect_components_finds_the_exact_bridge_when_all_points_are_representatives():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((60, 4)).astype(np.float32)
+    b = rng.standard_normal((50, 4)).astype(np.float32) + 12  # far apart: two kNN components
+    x = np.concatenate([a, b])
+    core = np.sort(np.linalg.norm(x[:, None] - x[None], axis=-1), 1)[:, 5]
+    within = [(i, j) for i in range(110) for j in range(i + 1, 110) if (i < 60) == (j < 60)]
+    s, d = np.array(within).T
+    w = np.maximum(np.maximum(core[s], core[d]), np.linalg.norm(x[s] - x[d], axis=1))
+    forest = graph.spanning_forest(s, d, w)
+    assert len(forest) == 108  # two components
+    extra = graph.connect_components(x, core, forest, max_reps=1000)
+    cross = np.maximum(np.maximum(core[:60, None], core[None, 60:]),
+                       np.linalg.norm(x[:60, None] - x[None, 60:], axis=-1))
+    assert extra[:, 2].min() == pytest.approx(cross.min(), rel=1e-5)
+    both = np.concatenate([forest, extra])
+    mst = graph.spanning_forest(*graph.dedupe_min(both[:, 0].astype(int), both[:, 1].astype(int), both[:, 2]))
+    assert len(mst) == 109 and np.isfinite(mst[:, 2]).all()
+
+
+def test_relabel_by_size():
+    lab = np.array([5, 5, 5, 2, 2, -1, 7, 7, 7, 7, 9])
+    assert graph.relabel_by_size(lab, 2).tolist() == [1, 1, 1, 2, 2, -1, 0, 0, 0, 0, -1]
+
+
+def test_knn_shard_approximate_path_recall():
+    """Shards above brute_max use pynndescent: its neighbours must match brute force."""
+    x = np.random.default_rng(2).standard_normal((3000, 16)).astype(np.float32)
+    exact, _ = hdbscan_scale.knn_shard(x, 10, brute_max=10_000, seed=0)
+    approx, dist = hdbscan_scale.knn_shard(x, 10, brute_max=0, seed=0)
+    assert approx.shape == (3000, 10) and (approx != np.arange(3000)[:, None]).all()  # self excluded
+    recall = np.mean([len(set(e) & set(a)) / 10 for e, a in zip(exact, approx)])
+    assert recall >= 0.9 and (np.diff(dist, axis=1) >= -1e-6).all()  # iid 16-d gaussians: a hard case
