@@ -37,6 +37,9 @@ DEEPSPEED_RUNTIME_GB = 0.15
 A_H, A_I = 16.0, 5.0
 #: LoRA saves less (frozen linears keep their weight, not their input) plus dropout copies
 LORA_ACT_FACTOR = 0.8
+#: deepspeed.py's CPU sub_group_size and nvme parameter buffer_count
+SUB_GROUP = 2e7
+NVME_PARAM_BUFFERS = 4
 #: copies of the batch x seq x vocab fp32 logits alive at the loss (logits, log-softmax, grad)
 LOGIT_COPIES = 3.0
 
@@ -94,7 +97,7 @@ def estimate(cfg: TrainConfig, shape: ModelShape, dtype: str = "float32") -> Est
     if t.strategy == "zero3":
         if t.offload_params == "nvme":
             # buffer pool sized for the largest parameter partition (see nvme_param_buffer)
-            p["weights"] = 4 * nvme_param_buffer(shape, W) * B
+            p["weights"] = NVME_PARAM_BUFFERS * nvme_param_buffer(shape, W) * B
         else:
             p["weights"] = N * B / W
         gathered = shape.largest_param + shape.layer_params
@@ -108,7 +111,13 @@ def estimate(cfg: TrainConfig, shape: ModelShape, dtype: str = "float32") -> Est
         p["master"] = 0.0 if opt_nvme else 4 * T / W
         largest_trainable = shape.largest_param if t.method == "full" else 0
         p["grads"] = 4 * T / W + (largest_trainable * B if t.strategy == "zero2" else 0)
-        p["optimizer"] = 8 * T / W if not opt_nvme else 4 * 4 * 2e7 * 2  # swap buffers
+        if opt_nvme:
+            # swap buffers: 4 x one sub-group's partition (fp32 weights, grads, 2 moments); a
+            # sub-group is sub_group_size elements, or the largest parameter if that is bigger
+            largest_trainable = shape.largest_param if t.method == "full" else 0
+            p["optimizer"] = 4 * 4 * min(T, max(SUB_GROUP, largest_trainable)) / W
+        else:
+            p["optimizer"] = 8 * T / W
     else:
         p["grads"] = T * B * (2 if W > 1 else 1)  # DDP keeps a bucket copy of every gradient
         p["optimizer"] = 8 * T
@@ -137,60 +146,52 @@ def stop_line_bytes(cfg: TrainConfig) -> float:
     return cfg.memory.budget_gb * cfg.memory.stop_fraction * GB
 
 
-def _variants(cfg: TrainConfig) -> list[tuple[str, TrainConfig]]:
-    """Concrete changes a user can make, most preferred first (quality kept where possible)."""
-    out = []
-    t, s, d = cfg.train, cfg.scaling, cfg.data
-
-    def v(label, **kw):
-        new = replace(cfg, **{k: replace(getattr(cfg, k), **val) for k, val in kw.items()})
-        out.append((label, new))
-
-    if not t.gradient_checkpointing:
-        v("train.gradient_checkpointing=true", train={"gradient_checkpointing": True})
-    if t.batch_size > 1:
-        v(f"train.batch_size=1 train.grad_accum={t.batch_size * t.grad_accum} (same examples per step)",
-          train={"batch_size": 1, "grad_accum": t.batch_size * t.grad_accum})
-    for w in (2, 4, 8):
-        if w > s.num_workers:
-            v(f"train.strategy=zero3 scaling.num_workers={w} (ZeRO-3 splits weights, gradients and "
-              f"optimizer states across workers)", train={"strategy": "zero3", "offload_optimizer": t.offload_optimizer,
-                                                           "offload_params": t.offload_params},
-              scaling={"num_workers": w})
-    if t.strategy != "zero3" or t.offload_optimizer != "nvme":
-        v("train.strategy=zero3 train.offload_optimizer=nvme (optimizer states on local disk)",
-          train={"strategy": "zero3", "offload_optimizer": "nvme"})
-    if t.offload_params != "nvme":
-        v("train.strategy=zero3 train.offload_optimizer=nvme train.offload_params=nvme (ZeRO-Infinity: "
-          "weights on local disk too)", train={"strategy": "zero3", "offload_optimizer": "nvme",
-                                               "offload_params": "nvme"})
-    if t.method == "full":
-        v("train.method=lora (only the adapter is trained)", train={"method": "lora"})
-    if d.max_seq_len > 64:
-        v(f"data.max_seq_len={d.max_seq_len // 2}", data={"max_seq_len": d.max_seq_len // 2})
-    return out
+def _with(cfg: TrainConfig, **sections) -> TrainConfig:
+    return replace(cfg, **{k: replace(getattr(cfg, k), **v) for k, v in sections.items()})
 
 
 def suggestions(cfg: TrainConfig, shape: ModelShape, dtype: str, limit: float) -> list[str]:
-    """Single changes (then a few combined) whose estimate fits under ``limit`` bytes."""
-    fits = []
-    singles = _variants(cfg)
-    for label, new in singles:
+    """Concrete changes whose estimate fits under ``limit`` bytes, the same job first (cheap
+    knobs, then ZeRO-3 over more workers, then nvme offload), then smaller jobs (LoRA, shorter
+    sequences). Each is printed as the overrides to add and its estimate."""
+    t, W = cfg.train, cfg.scaling.num_workers
+    out: list[str] = []
+
+    def fits(label: str, new: TrainConfig) -> bool:
         e = estimate(new, shape, dtype)
         if e.total <= limit:
-            fits.append(f"{label} -> {e.total / GB:.2f} GB")
-    if fits:
-        return fits[:4]
-    # no single change is enough: stack them in order until it fits
-    cur, labels = cfg, []
-    for label, _ in singles:
-        for lab2, new in _variants(cur):
-            if lab2 == label:
-                cur, labels = new, labels + [label.split(" (")[0]]
-                e = estimate(cur, shape, dtype)
-                if e.total <= limit:
-                    return [" + ".join(labels) + f" -> {e.total / GB:.2f} GB"]
-    return []
+            out.append(f"{label} -> {e.total / GB:.2f} GB")
+            return True
+        return False
+
+    if not t.gradient_checkpointing:
+        fits("train.gradient_checkpointing=true", _with(cfg, train={"gradient_checkpointing": True}))
+    if t.batch_size > 1:
+        fits(f"train.batch_size=1 train.grad_accum={t.batch_size * t.grad_accum} (same examples per step)",
+             _with(cfg, train={"batch_size": 1, "grad_accum": t.batch_size * t.grad_accum}))
+    base = {"gradient_checkpointing": True, "batch_size": 1, "grad_accum": t.batch_size * t.grad_accum}
+    prefix = "" if t.gradient_checkpointing and t.batch_size == 1 else "(with the above) "
+    for opt_off, par_off, what in (("none", "none", ""), ("nvme", "none", " train.offload_optimizer=nvme"),
+                                   ("nvme", "nvme", " train.offload_optimizer=nvme train.offload_params=nvme")):
+        done = False
+        for w in sorted({W, 2, 4, 8}):
+            if w < W or (w == W and t.strategy == "zero3" and (opt_off, par_off) == (t.offload_optimizer,
+                                                                                      t.offload_params)):
+                continue
+            new = _with(cfg, train=dict(base, strategy="zero3", offload_optimizer=opt_off, offload_params=par_off),
+                        scaling={"num_workers": w})
+            if fits(f"{prefix}train.strategy=zero3 scaling.num_workers={w}{what}", new):
+                done = True
+                break
+        if done:
+            break
+    if t.method == "full":
+        fits(f"{prefix}train.method=lora (train an adapter instead of every weight)",
+             _with(cfg, train=dict(base, method="lora")))
+    if cfg.data.max_seq_len > 64:
+        fits(f"{prefix}data.max_seq_len={cfg.data.max_seq_len // 2}",
+             _with(cfg, train=base, data={"max_seq_len": cfg.data.max_seq_len // 2}))
+    return out[:4]
 
 
 def check_fits(cfg: TrainConfig, shape: ModelShape, dtype: str) -> Estimate:
@@ -204,8 +205,8 @@ def check_fits(cfg: TrainConfig, shape: ModelShape, dtype: str) -> Estimate:
         return est
     sug = suggestions(cfg, shape, dtype, limit)
     hint = ("; would fit: " + "; ".join(sug)) if sug else (
-        "; no combination of gradient checkpointing, batch 1, more ZeRO-3 workers, nvme offload, LoRA "
-        "and shorter sequences fits - use a smaller model or a larger memory.budget_gb")
+        "; none of gradient checkpointing, batch 1, ZeRO-3 over up to 8 workers, nvme offload, LoRA or "
+        "half the sequence length fits - use a smaller model or a larger memory.budget_gb")
     raise MemoryBudgetError(
         f"memory: estimated peak {est.line()} exceeds the watchdog line {limit / GB:.2f} GB "
         f"(memory.budget_gb={cfg.memory.budget_gb:g} x memory.stop_fraction={cfg.memory.stop_fraction:g}) "
