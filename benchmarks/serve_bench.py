@@ -113,6 +113,22 @@ def http_load(url: str, key: str, n: int, concurrency: int, max_tokens: int) -> 
     return lat, time.perf_counter() - t0, len(errors)
 
 
+def gateway_only(url: str, key: str, n: int) -> dict:
+    """Requests the gateway answers itself (404 unknown model): HTTP + proxy + gateway, no model."""
+    import requests
+
+    s = requests.Session()
+    s.headers["Authorization"] = f"Bearer {key}"
+    body = {"model": "no-such-model", "messages": PROMPT}
+    lat = []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        t = time.perf_counter()
+        assert s.post(f"{url}/v1/chat/completions", json=body, timeout=60).status_code == 404
+        lat.append(time.perf_counter() - t)
+    return summary(lat, time.perf_counter() - t0)
+
+
 def interleaved(base: InProcess, url: str, key: str, args) -> dict:
     """Rounds of in-process / served-sequential / served-concurrent batches, so that the
     (shared, fluctuating) machine load hits all three alike; then pooled percentiles."""
@@ -223,6 +239,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
     ap.add_argument("--clients", type=int, default=4, help="steady-load clients during the hot swap")
     ap.add_argument("--redeploy-baseline", action="store_true")
+    ap.add_argument("--out", default="", help="also write the JSON here")
     args = ap.parse_args()
 
     import ray
@@ -252,6 +269,7 @@ def main() -> None:
     try:
         url = start(cfg)
         out.update(interleaved(base, url, key, args))
+        out["gateway_only"] = gateway_only(url, key, args.requests)
         out["overhead_ms_p50"] = out["served_sequential"]["p50_ms"] - out["in_process"]["p50_ms"]
         out["overhead_ms_mean"] = out["served_sequential"]["mean_ms"] - out["in_process"]["mean_ms"]
         print(json.dumps({k: out[k] for k in ("in_process", "served_sequential", "served_concurrent")}),
@@ -264,6 +282,8 @@ def main() -> None:
         ray.shutdown()
     out["uptime_after"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(json.dumps(out, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
