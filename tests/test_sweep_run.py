@@ -57,6 +57,7 @@ def test_asha_sweep_results_best_trial_and_plot(ray_session, tmp_path, capsys):
     assert len(rows) == 4 and res["concurrency"] == 3  # 3 x (0.1 driver + 0.5 worker) on 2 CPUs
     assert rows[1e-7]["status"] == "stopped" and rows[1e-7]["steps"] < 8, rows[1e-7]
     assert rows[0.003]["status"] == "finished" and rows[0.003]["steps"] == 8
+    assert _max_overlap(sweep / "trials") <= 3  # the limit held: a 4th trial started only after one ended
     assert res["best"] == rows[0.003]["trial_id"]
     best = json.loads((sweep / "best.json").read_text())
     run_dir = Path(best["run_dir"])
@@ -124,6 +125,19 @@ def test_interrupted_sweep_resumes_without_rerunning(ray_session, tmp_path, caps
     for run_dir, step in before["partial"].items():  # interrupted: continued from its checkpoint
         rep = json.loads((run_dir / "report.json").read_text())
         assert rep["finished"] and rep["resumed_from_step"] is not None and rep["resumed_from_step"] >= step, rep
+        assert len(json.loads((run_dir / "trial.json").read_text())["starts"]) == 2
+
+
+def _max_overlap(trials: Path) -> int:
+    """Most trials alive at once: each from its start to its last metric / report."""
+    spans = []
+    for d in trials.iterdir():
+        start = json.loads((d / "trial.json").read_text())["starts"][0]
+        ends = [m["time"] for m in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
+        if (d / "report.json").exists():
+            ends.append((d / "report.json").stat().st_mtime)
+        spans.append((start, max(ends)))
+    return max(sum(s <= t < e for s, e in spans) for t, _ in spans)
 
 
 def _registered_steps(run_dir: Path) -> list[int]:

@@ -104,6 +104,9 @@ def test_resources_and_concurrency(tmp_path):
     assert max_concurrency(per, {"CPU": 2.0, "memory": 24 * 2**30}) == 3  # 3 x 0.6 CPU on 2 cores
     assert max_concurrency(per, {"CPU": 2.0, "memory": 7 * 2**30}) == 2  # memory-bound
     assert max_concurrency(per, {"CPU": 16.0, "memory": 64 * 2**30}, cap=4) == 4
+    with_driver = trial_resources(plan.base_cfg, 0.1, trial_memory_gb=1.5)
+    assert with_driver["memory"] == 4.5 * 2**30  # driver side + 1 worker x 3 GB
+    assert max_concurrency(with_driver, {"CPU": 2.0, "memory": 12 * 2**30}) == 2
     with pytest.raises(ConfigError, match=r"one trial needs 4.1 CPU .* cluster has 2"):
         max_concurrency({"CPU": 4.1}, {"CPU": 2.0})
     with pytest.raises(ConfigError, match=r"one trial needs 2 GPU .* cluster has 0"):

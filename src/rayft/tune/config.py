@@ -21,6 +21,9 @@ class SweepSection:
     max_concurrent: int = opt(0, "trials running at once; 0: as many as the cluster's CPUs/GPUs/memory hold")
     trial_cpus: float = opt(0.1, "CPUs reserved for each trial's driver (it only waits on its Ray Train "
                             "workers, whose CPUs come from the train config's scaling section)")
+    trial_memory_gb: float = opt(1.5, "memory reserved for each trial's driver side: the Tune trial actor, "
+                                 "the Ray Train controller and its helper actors (~1.4 GB unique memory "
+                                 "measured with the tiny model); worker memory comes from scaling.*")
     metric: Literal["val_loss"] = opt("val_loss", "what trials are ranked by (lower is better)")
 
     def validate(self) -> None:
@@ -28,6 +31,8 @@ class SweepSection:
             raise ConfigError(f"sweep.num_samples: expected >= 1, got {self.num_samples}")
         if self.trial_cpus <= 0:
             raise ConfigError(f"sweep.trial_cpus: expected > 0 (fractions allowed), got {self.trial_cpus}")
+        if self.trial_memory_gb < 0:
+            raise ConfigError(f"sweep.trial_memory_gb: expected >= 0, got {self.trial_memory_gb}")
         if self.max_concurrent < 0:
             raise ConfigError(f"sweep.max_concurrent: expected >= 0, got {self.max_concurrent}")
         if not self.name or "/" in self.name:

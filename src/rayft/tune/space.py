@@ -180,14 +180,15 @@ def data_key(cfg: TrainConfig) -> str:
                        "workers": cfg.scaling.num_workers}, sort_keys=True)
 
 
-def trial_resources(cfg: TrainConfig, trial_cpus: float) -> dict[str, float]:
+def trial_resources(cfg: TrainConfig, trial_cpus: float, trial_memory_gb: float = 0.0) -> dict[str, float]:
     """Everything one trial holds: its driver plus its Ray Train workers (from the scaling profile)."""
     s = cfg.scaling
     res = {"CPU": trial_cpus + s.num_workers * s.cpus_per_worker}
     if s.use_gpu:
         res["GPU"] = float(s.num_workers)
-    if s.memory_per_worker_gb:
-        res["memory"] = s.num_workers * s.memory_per_worker_gb * 2**30
+    mem = trial_memory_gb + s.num_workers * s.memory_per_worker_gb
+    if mem:
+        res["memory"] = mem * 2**30
     return res
 
 
@@ -198,7 +199,7 @@ def max_concurrency(per_trial: dict[str, float], cluster: dict[str, float], cap:
         have = cluster.get(r, 0.0)
         if need > have + 1e-9:
             unit = (lambda x: f"{x / 2**30:.1f} GB") if r == "memory" else (lambda x: f"{x:g}")
-            raise ConfigError(f"one trial needs {unit(need)} {r} (sweep.trial_cpus + scaling.num_workers x "
+            raise ConfigError(f"one trial needs {unit(need)} {r} (the trial's driver + scaling.num_workers x "
                               f"per-worker {r}) but the cluster has {unit(have)}; lower scaling.num_workers, "
                               f"scaling.cpus_per_worker or the memory profile in base.overrides")
         # a tiny epsilon: 3 x 0.6 CPU must fit on 1.8 despite float rounding

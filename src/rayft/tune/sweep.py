@@ -71,7 +71,8 @@ def _new_tuner(plan: Plan, scfg: SweepConfig, trainable, concurrency: int):
         from ray.tune.search.optuna import OptunaSearch
         search = OptunaSearch(seed=scfg.sweep.seed)
     else:
-        search = BasicVariantGenerator(random_state=scfg.sweep.seed)
+        # Tune ignores TuneConfig.max_concurrent_trials for a SearchGenerator instance: limit here
+        search = BasicVariantGenerator(random_state=scfg.sweep.seed, max_concurrent=concurrency)
     sched = FIFOScheduler()
     if scfg.scheduler.kind == "asha":
         # time in optimizer steps (not Tune iterations: only val-loss reports reach Tune)
@@ -81,7 +82,8 @@ def _new_tuner(plan: Plan, scfg: SweepConfig, trainable, concurrency: int):
     return tune.Tuner(
         trainable, param_space=_param_space(plan),
         tune_config=tune.TuneConfig(metric="val_loss", mode="min", search_alg=search, scheduler=sched,
-                                    num_samples=scfg.sweep.num_samples, max_concurrent_trials=concurrency,
+                                    num_samples=scfg.sweep.num_samples,
+                                    max_concurrent_trials=concurrency if plan.search == "optuna" else None,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name="tune", storage_path=str(plan.sweep_dir.resolve()), verbose=1))
 
@@ -107,7 +109,7 @@ def run_sweep(scfg: SweepConfig) -> str:
     from .trial import run_trial
 
     _init_ray()
-    per_trial = trial_resources(plan.base_cfg, scfg.sweep.trial_cpus)
+    per_trial = trial_resources(plan.base_cfg, scfg.sweep.trial_cpus, scfg.sweep.trial_memory_gb)
     concurrency = max_concurrency(per_trial, ray.cluster_resources(), scfg.sweep.max_concurrent)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(saved, plan.spec)
@@ -119,9 +121,12 @@ def run_sweep(scfg: SweepConfig) -> str:
         # Trials get the tables and tokenized blocks, not the raw rows (report counts are in p.stats)
         slim = dataclasses.replace(p, read=dataclasses.replace(p.read, rows=[]))
         shared[key] = (slim, _ray_datasets(p, cfg))
+    driver = {"CPU": scfg.sweep.trial_cpus}  # the trial's own bundle; workers get theirs from Ray Train
+    if scfg.sweep.trial_memory_gb:
+        driver["memory"] = int(scfg.sweep.trial_memory_gb * 2**30)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=plan.base, shared=shared, trials_dir=str((sweep_dir / "trials").resolve())),
-        {"CPU": scfg.sweep.trial_cpus})
+        driver)
     tune_dir = sweep_dir / "tune"
     resumed = tune.Tuner.can_restore(str(tune_dir.resolve()))
     print(f"[rayft] sweep {sweep_dir} | {len(plan.params)} searched keys, {plan.search} search, "

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
+from ..storage import atomic_write_json
 from .space import data_key, trial_config
 
 
@@ -55,6 +57,11 @@ def run_trial(config: dict, base: dict, shared: dict, trials_dir: str) -> None:
     # run_training resumes from its latest checkpoint there.
     cfg = trial_config(base, config, dir=trials_dir, name=trial_id, overwrite=False)
     run_dir = Path(trials_dir) / trial_id
+    # when each attempt of this trial started (a restored sweep adds one): the sweep's
+    # concurrency and its resume behaviour can be checked from these
+    log = json.loads((run_dir / "trial.json").read_text()) if (run_dir / "trial.json").is_file() else {}
+    log = {"trial_id": trial_id, "params": config, "starts": log.get("starts", []) + [time.time()]}
+    atomic_write_json(run_dir / "trial.json", log)
     done = finished_report(run_dir)  # finished before an interruption: report it, don't rerun
     if done is None:
         prepared, datasets = shared[data_key(cfg)]
