@@ -223,7 +223,11 @@ def fit(cfg: TrainConfig, p: Prepared, datasets: tuple | None = None, callbacks:
             name="checkpoints", storage_path=str(p.run_dir.resolve()),
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            worker_runtime_env={"env_vars": _env.worker_env()}, callbacks=callbacks),
+            # DeepSpeed picks its accelerator from DS_ACCELERATOR: decided by the WORKERS' device,
+            # not the driver's (a CPU-only head submitting to GPU workers must not pass "cpu")
+            worker_runtime_env={"env_vars": dict(_env.worker_env(),
+                                                 DS_ACCELERATOR="cuda" if cfg.scaling.use_gpu else "cpu")},
+            callbacks=callbacks),
         datasets=full,
         dataset_config=_data_config(parts),
     )
