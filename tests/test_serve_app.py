@@ -51,7 +51,8 @@ def served(ray_session, tmp_path_factory):
     w.write_bytes(w.read_bytes()[:-1] + b"\x00")  # tampered after registration
     os.environ["RAYFT_TEST_API_KEY_6"] = KEY
     cfg = load(ServeConfig, os.path.join(os.path.dirname(__file__), "..", "configs", "serve.yaml"), [
-        f"registry={d / 'reg'}", f"port={_free_port()}", "api_key_env=RAYFT_TEST_API_KEY_6", "num_cpus=0.5",
+        f"registry={d / 'reg'}", "models=[en, zh]", "languages={en: en, zh: zh}", f"port={_free_port()}",
+        "api_key_env=RAYFT_TEST_API_KEY_6", "num_cpus=0.5",
         "blocking=false", "max_tokens_default=8", "alias_refresh_s=0.2", "app_name=rayft_test6"])
     url = start(cfg)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=120)

@@ -144,6 +144,8 @@ def test_shipped_configs_load():
 
     root = Path(__file__).resolve().parents[1] / "configs"
     s = load(ServeConfig, root / "serve.yaml")
-    assert (s.host, s.models, s.languages) == ("127.0.0.1", ["en", "zh"], {"en": "en", "zh": "zh"})
+    assert (s.host, s.models, s.languages) == ("127.0.0.1", ["default"], {})
+    w1 = load(ServeConfig, root / "serve.yaml", ["models=[en, zh]", "languages={en: en, zh: zh}"])
+    assert w1.languages == {"en": "en", "zh": "zh"}
     e = load(EvalConfig, root / "eval.yaml")
     assert e.gate.min_golden_improvement == 0.01 and e.score.similarity == "embedding"
