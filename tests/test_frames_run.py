@@ -137,6 +137,26 @@ def test_one_failing_episode_does_not_stop_the_others(embedded):
     assert rep["episodes_done_this_run"] == 1 and rep["frames_processed_this_run"] == 10
 
 
+def test_cluster_and_export_chain_on_real_embeddings(embedded, tmp_path):
+    """The W4 chain through the CLI. Random CLIP weights: structure is checked, not quality."""
+    _, _, out = embedded
+    cfg = ["--config", str(REPO / "configs" / "frames.yaml")]
+    assert main(["frames", "cluster", *cfg, f"input={out}", f"output={tmp_path / 'cl'}",
+                 "cluster.min_cluster_size=5", "cluster.min_samples=3", "cluster.pca_dims=8"]) == 0
+    labels = pq.read_table(tmp_path / "cl" / "labels.parquet")
+    assert labels.num_rows == len(read_embeddings(out)) and (tmp_path / "cl" / "_SUCCESS").exists()
+    assert main(["frames", "export", *cfg, f"input={tmp_path / 'cl'}", f"output={tmp_path / 'sets'}",
+                 "export.min_size=5", "export.mode=hardlink"]) == 0
+    meta = json.loads((tmp_path / "sets" / "clusters.json").read_text())
+    n_big = sum(c["size"] >= 5 for c in json.loads((tmp_path / "cl" / "clusters.json").read_text())["cluster_list"])
+    assert n_big >= 1 and meta["exported"] == n_big and meta["tags_note"] == ""
+    assert (tmp_path / "sets" / "overview.png").exists() and (tmp_path / "sets" / "contact_sheets").is_dir()
+    src = Path(next(iter(meta["clusters"]))["medoid"])
+    linked = [p for p in (tmp_path / "sets" / "cluster_000").glob(f"*__{src.name}")
+              if p.stat().st_ino == src.stat().st_ino]
+    assert len(linked) == 1  # hardlink mode: the medoid is the same file, not a copy
+
+
 def test_other_model_into_the_same_output_is_refused(embedded):
     root, _, out = embedded
     with pytest.raises(ConfigError, match="mixing models"):

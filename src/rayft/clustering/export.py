@@ -2,9 +2,12 @@
 
 ``export.output``::
 
-    cluster_000/<episode>__<frame>.jpg + .txt   frames (copy/symlink/hardlink) and captions
-    cluster_000/contact_sheet.png               medoid first, then a sample
+    cluster_000/<episode>__<frame>.jpg + .txt   frames (copy/symlink/hardlink) and captions: the
+                                                training set, nothing else that looks like an image
     cluster_000/_SUCCESS                        written last; a rerun skips finished folders
+    contact_sheets/cluster_000.png              the cluster's contact sheet: medoid first, then a
+                                                sample (outside the folder, so a trainer that reads
+                                                every image in it never trains on the sheet)
     clusters.json                               per cluster: size, episodes, medoid, tags,
                                                 trigger; skipped (too small) clusters listed
     overview.png                                one row per cluster
@@ -157,6 +160,9 @@ def run_export(cfg) -> str:
     for old in out.glob("cluster_*"):  # folders of an earlier export whose cluster is gone
         if old.is_dir() and re.fullmatch(r"cluster_\d+", old.name) and old.name not in wanted:
             shutil.rmtree(old)
+    for old in (out / "contact_sheets").glob("cluster_*.png"):
+        if old.stem not in wanted:
+            old.unlink()
     rng = np.random.default_rng(x.seed)
     path_list = paths.to_pylist()
     results, rows = [], []
@@ -164,7 +170,8 @@ def run_export(cfg) -> str:
         cid = c["id"]
         idx = np.flatnonzero(sel_lab == cid)
         info = dict(sizes[cid])
-        info.update(folder=f"cluster_{cid:03d}", trigger=x.trigger.format(id=cid))
+        info.update(folder=f"cluster_{cid:03d}", trigger=x.trigger.format(id=cid),
+                    contact_sheet=f"contact_sheets/cluster_{cid:03d}.png")
         if probs is not None:
             mean = probs[idx].mean(0)
             info["tags"] = [vocab[t] for t in np.argsort(-mean)[: x.tags_per_cluster]]
@@ -228,7 +235,10 @@ def _export_cluster(out: Path, info: dict, paths: list[str], eps: list[str], pro
     with ThreadPoolExecutor(max_workers=x.workers) as pool:
         errors = [e for e in pool.map(one, jobs) if e]
     sub = f"{len(paths)} frames, {info['episodes']} episodes; tags: " + ", ".join(tag_text(t) for t in info["tags"][:4])
+    sheet = out / "contact_sheets" / f"{info['folder']}.png"
+    sheet.parent.mkdir(exist_ok=True)
     contact_sheet(sample, f"{info['folder']}  {info['trigger']}", thumb=x.thumb_size, subtitle=sub).save(
-        folder / "contact_sheet.png")
+        sheet.with_name("." + sheet.name + ".tmp.png"))
+    os.replace(sheet.with_name("." + sheet.name + ".tmp.png"), sheet)
     mark_done(folder, info={"sig": sig, "errors": errors[:100]})
     return {"exported_frames": len(paths) - len(errors), "failed_frames": errors[:100], "sample": sample}
