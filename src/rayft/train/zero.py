@@ -48,6 +48,11 @@ class ZeroEngine:
         self.stage = int(ds_config["zero_optimization"]["stage"])
         self.lockstep_eval = self.stage == 3
         self._hf_ds = None
+        # Wrap Ray Train's process group now: HfDeepSpeedConfig below reads the world size from
+        # deepspeed.comm, and would see 1 (and fail the batch-size check) before this.
+        import torch.distributed as tdist
+        backend = tdist.get_backend() if tdist.is_initialized() else ("nccl" if torch.cuda.is_available() else "gloo")
+        deepspeed.init_distributed(dist_backend=backend, dist_init_required=False)
         if self.stage == 3 and not is_tiny(source):
             # Must exist (and stay referenced) BEFORE the model is built: transformers then
             # builds it under deepspeed.zero.Init, so no rank ever holds the whole model.
