@@ -242,6 +242,11 @@ def train_loop_per_worker(config: dict) -> None:
             break
         win_loss, win_tokens, win_steps, t0 = 0.0, 0.0, 0, time.perf_counter()
     watchdog.stop()
+    # the last checkpoint save (ZeRO gathers) came after the last report: record the true peak
+    end_peaks = gather(peak_rss_mb())
+    if rank == 0:
+        mem_path = run_dir / "memory.json"
+        atomic_write_json(mem_path, dict(json.loads(mem_path.read_text()), peak_rss_end_mb=end_peaks))
     _cleanup_swap(config, rank, world, dist)
 
 
