@@ -277,6 +277,12 @@ def run_embed(cfg: FramesConfig) -> str:
             with _progress(total, e.progress) as bar:
                 for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                     bar.update(writer.add(batch))
+                    if "first_result_s" not in info:  # start-up (actors, model load) vs steady rate
+                        info.update(first_result_s=round(time.time() - t0, 2), first_frames=sum(writer.got.values()))
+                if "first_result_s" in info:
+                    dt = time.time() - t0 - info["first_result_s"]
+                    rest = sum(writer.got.values()) - info["first_frames"]
+                    info["steady_frames_per_s"] = round(rest / dt, 3) if dt > 0 and rest > 0 else None
         except Exception as ex:  # noqa: BLE001 - finished episodes are already marked; report the rest
             run_error = f"{type(ex).__name__}: {ex}"
             print(f"frames embed: pipeline stopped: {run_error}", file=sys.stderr)
