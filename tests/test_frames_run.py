@@ -208,3 +208,24 @@ def test_config_file_loads():
     assert 0 < cfg.embed.actor_num_cpus < 1 and cfg.export.min_size == 25
     with pytest.raises(ConfigError, match="unknown config key"):
         load(FramesConfig, REPO / "configs" / "frames.yaml", ["embed.batchsize=3"])
+
+
+def test_job_file_joins_the_running_cluster(ray_session, frames, tmp_path):
+    """jobs/embed_frames.py as `ray job submit` runs it: RAY_ADDRESS set, joins that cluster."""
+    import subprocess
+    import sys
+
+    root, _ = frames
+    (tmp_path / "in" / "ep").mkdir(parents=True)
+    for p in sorted((root / "episode_002").iterdir())[:5]:
+        (tmp_path / "in" / "ep" / p.name).write_bytes(p.read_bytes())
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,
+           "PYTHONPATH": str(REPO / "src")}
+    res = subprocess.run([sys.executable, str(REPO / "jobs" / "embed_frames.py"), "--config",
+                          str(REPO / "configs" / "frames.yaml"), f"input={tmp_path / 'in'}",
+                          f"output={tmp_path / 'out'}", *TINY], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == str(tmp_path / "out")
+    assert "Started a local Ray instance" not in res.stderr  # joined, did not start its own
+    assert len(read_embeddings(tmp_path / "out")) == 5
