@@ -58,6 +58,11 @@ def test_asha_sweep_results_best_trial_and_plot(ray_session, tmp_path, capsys):
     assert rows[1e-7]["status"] == "stopped" and rows[1e-7]["steps"] < 8, rows[1e-7]
     assert rows[0.003]["status"] == "finished" and rows[0.003]["steps"] == 8
     assert _max_overlap(sweep / "trials") <= 3  # the limit held: a 4th trial started only after one ended
+    assert res["placement_groups_reaped"] >= 1  # the stopped trials' workers' CPUs were freed ...
+    deadline = time.time() + 60  # ... so the cluster is whole again (nothing leaked to later tests)
+    while ray_session.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(1)
+    assert ray_session.available_resources().get("CPU", 0) == 2
     assert res["best"] == rows[0.003]["trial_id"]
     best = json.loads((sweep / "best.json").read_text())
     run_dir = Path(best["run_dir"])

@@ -24,6 +24,8 @@ class SweepSection:
     trial_memory_gb: float = opt(1.5, "memory reserved for each trial's driver side: the Tune trial actor, "
                                  "the Ray Train controller and its helper actors (~1.4 GB unique memory "
                                  "measured with the tiny model); worker memory comes from scaling.*")
+    trial_retries: int = opt(1, "times Tune restarts a failed trial; it resumes from its own latest "
+                             "checkpoint (worker failures inside a trial are scaling.max_failures)")
     metric: Literal["val_loss"] = opt("val_loss", "what trials are ranked by (lower is better)")
 
     def validate(self) -> None:
@@ -33,6 +35,8 @@ class SweepSection:
             raise ConfigError(f"sweep.trial_cpus: expected > 0 (fractions allowed), got {self.trial_cpus}")
         if self.trial_memory_gb < 0:
             raise ConfigError(f"sweep.trial_memory_gb: expected >= 0, got {self.trial_memory_gb}")
+        if self.trial_retries < 0:
+            raise ConfigError(f"sweep.trial_retries: expected >= 0, got {self.trial_retries}")
         if self.max_concurrent < 0:
             raise ConfigError(f"sweep.max_concurrent: expected >= 0, got {self.max_concurrent}")
         if not self.name or "/" in self.name:

@@ -85,7 +85,8 @@ def _new_tuner(plan: Plan, scfg: SweepConfig, trainable, concurrency: int):
                                     num_samples=scfg.sweep.num_samples,
                                     max_concurrent_trials=concurrency if plan.search == "optuna" else None,
                                     trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(name="tune", storage_path=str(plan.sweep_dir.resolve()), verbose=1))
+        run_config=tune.RunConfig(name="tune", storage_path=str(plan.sweep_dir.resolve()), verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=scfg.sweep.trial_retries)))
 
 
 def run_sweep(scfg: SweepConfig) -> str:
@@ -106,6 +107,7 @@ def run_sweep(scfg: SweepConfig) -> str:
     from ray import tune
 
     from ..train.launch import _init_ray, _ray_datasets
+    from .reaper import Reaper
     from .trial import run_trial
 
     _init_ray()
@@ -124,8 +126,10 @@ def run_sweep(scfg: SweepConfig) -> str:
     driver = {"CPU": scfg.sweep.trial_cpus}  # the trial's own bundle; workers get theirs from Ray Train
     if scfg.sweep.trial_memory_gb:
         driver["memory"] = int(scfg.sweep.trial_memory_gb * 2**30)
+    reaper = Reaper.remote()  # frees stopped trials' worker placement groups (see reaper.py)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=plan.base, shared=shared, trials_dir=str((sweep_dir / "trials").resolve())),
+        tune.with_parameters(run_trial, base=plan.base, shared=shared, reaper=reaper,
+                             trials_dir=str((sweep_dir / "trials").resolve())),
         driver)
     tune_dir = sweep_dir / "tune"
     resumed = tune.Tuner.can_restore(str(tune_dir.resolve()))
@@ -138,6 +142,12 @@ def run_sweep(scfg: SweepConfig) -> str:
     else:
         tuner = _new_tuner(plan, scfg, trainable, concurrency)
     grid = tuner.fit()
+    # every trial has ended; give the last stopped ones' controllers time to die and be reaped
+    # (the reaper goes away with this function, and with it any placement group it missed)
+    deadline = time.time() + 120
+    while ray.get(reaper.stats.remote())["watching"] and time.time() < deadline:
+        time.sleep(1)
+    reaped = ray.get(reaper.stats.remote())["reaped"]
 
     rows = []
     for r in grid:
@@ -148,6 +158,7 @@ def run_sweep(scfg: SweepConfig) -> str:
     best = pick_best(rows)
     extra = {"sweep_dir": str(sweep_dir), "search": plan.search, "scheduler": scfg.scheduler.kind,
              "concurrency": concurrency, "per_trial_resources": per_trial, "resumed": resumed,
+             "placement_groups_reaped": len(reaped),
              "wall_s": time.time() - t0, "best": best and best["trial_id"]}
     out = write_results(sweep_dir, rows, best, extra)
     _print_table(rows, best)

@@ -45,9 +45,10 @@ def finished_report(run_dir: Path) -> dict | None:
     return rep if rep.get("finished") else None
 
 
-def run_trial(config: dict, base: dict, shared: dict, trials_dir: str) -> None:
+def run_trial(config: dict, base: dict, shared: dict, trials_dir: str, reaper=None) -> None:
     """Tune function trainable. ``config``: the sampled {dotted key: value}; ``shared``:
-    data_key -> (Prepared, tokenized datasets) made once on the sweep driver."""
+    data_key -> (Prepared, tokenized datasets) made once on the sweep driver; ``reaper``:
+    the sweep's reaper.Reaper (frees the workers' placement group if this trial is stopped)."""
     from ray import tune
 
     from ..train.launch import run_training
@@ -66,7 +67,11 @@ def run_trial(config: dict, base: dict, shared: dict, trials_dir: str) -> None:
     if done is None:
         prepared, datasets = shared[data_key(cfg)]
         prepared = dataclasses.replace(prepared, run_dir=run_dir)
-        run_training(cfg, prepared=prepared, datasets=datasets, callbacks=[_val_loss_callback()])
+        callbacks = [_val_loss_callback()]
+        if reaper is not None:
+            from .reaper import register_callback
+            callbacks.append(register_callback(reaper, trial_id))
+        run_training(cfg, prepared=prepared, datasets=datasets, callbacks=callbacks)
         done = finished_report(run_dir)
     if done is None:
         raise RuntimeError(f"trial {trial_id}: run_training returned without a finished report in {run_dir}")
