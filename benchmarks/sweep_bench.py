@@ -24,7 +24,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SPACE = {"train.lr": {"grid": [1e-4, 3e-4, 1e-3, 3e-3]}, "lora.r": {"grid": [4, 16]},
+# lr values in a mixed order: Tune runs grid points in order, and with ascending lr the
+# worst trials would come first and meet empty ASHA rungs (nothing to be compared with)
+SPACE = {"train.lr": {"grid": [1e-3, 1e-4, 3e-3, 3e-4]}, "lora.r": {"grid": [4, 16]},
          "train.warmup_steps": {"grid": [0, 10]}}  # 4 x 2 x 2 = 16 trials
 
 
