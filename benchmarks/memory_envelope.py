@@ -51,24 +51,29 @@ HEADLINE = {"lora-0.5b-ddp-w1": "LoRA 0.5B, 1 worker",
             "lora-1.5b-zero3-w2-offp": "LoRA 1.5B, 2 workers ZeRO-3 (+ nvme param offload)",
             "lora-1.5b-zero3-w2": "LoRA 1.5B, 2 workers ZeRO-3",
             "full-0.5b-zero3-w4-offop": "full 0.5B, 4 workers ZeRO-3 + nvme offload (optimizer + params)",
-            "full-0.5b-zero3-w4-offo": "full 0.5B, 4 workers ZeRO-3 + nvme optimizer offload"}
+            "full-0.5b-zero3-w4-offo": "full 0.5B, 4 workers ZeRO-3 + nvme optimizer offload",
+            "full-0.5b-zero3-w4-offo-frozen-emb": "full 0.5B except the (tied) embeddings, 4 workers ZeRO-3 + "
+                                                  "nvme optimizer offload"}
 
 
 def matrix() -> list[dict]:
     """(name, model, method, strategy, workers, offload) in run order: headline targets first."""
     rows = []
 
-    def add(method, model, strategy, w, off=""):
-        name = f"{method}-{model.split('-')[1]}-{strategy}-w{w}" + (f"-off{off}" if off else "")
+    def add(method, model, strategy, w, off="", freeze=False):
+        name = (f"{method}-{model.split('-')[1]}-{strategy}-w{w}" + (f"-off{off}" if off else "")
+                + ("-frozen-emb" if freeze else ""))
         rows.append({"name": name, "model": model, "method": method, "strategy": strategy, "workers": w,
                      "offload_optimizer": "nvme" if "o" in off else "none",
-                     "offload_params": "nvme" if "p" in off else "none"})
+                     "offload_params": "nvme" if "p" in off else "none", "freeze_embeddings": freeze})
     m5, m15 = "qwen2.5-0.5b", "qwen2.5-1.5b"
     add("lora", m5, "ddp", 1)
     add("lora", m15, "zero3", 2)
     add("lora", m15, "zero3", 2, "p")
     add("full", m5, "zero3", 4, "op")
     add("full", m5, "zero3", 4, "o")
+    add("full", m5, "zero3", 4, "o", freeze=True)
+    add("full", m5, "zero3", 4, freeze=True)
     for s, w in (("ddp", 2), ("zero2", 2), ("zero3", 2), ("zero3", 1), ("ddp", 4), ("zero2", 4), ("zero3", 4)):
         add("lora", m5, s, w)
     add("lora", m5, "zero3", 2, "op")
@@ -112,7 +117,7 @@ def overrides(row: dict, model_dir: Path, pairs: Path, steps: int, seq: int) -> 
             f"data.max_seq_len={seq}", f"model.name={model_dir}", "model.init=random", "model.dtype=float32",
             f"train.method={row['method']}", f"train.strategy={row['strategy']}",
             f"train.offload_optimizer={row['offload_optimizer']}", f"train.offload_params={row['offload_params']}",
-            f"train.max_steps={steps}", "train.batch_size=1", "train.grad_accum=1", "train.warmup_steps=1",
+            f"train.freeze_embeddings={str(row.get('freeze_embeddings', False)).lower()}", f"train.max_steps={steps}", "train.batch_size=1", "train.grad_accum=1", "train.warmup_steps=1",
             "train.log_every=1", f"train.checkpoint_every={steps}", "train.gradient_checkpointing=true",
             "train.keep_checkpoints=1", "lora.target_modules=[q_proj,k_proj,v_proj,o_proj]", "lora.r=8",
             f"scaling.num_workers={w}", f"scaling.cpus_per_worker={min(1.0, 2.0 / w):g}",
@@ -189,6 +194,18 @@ def load_results() -> list[dict]:
     return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
 
 
+def oom_worker_rss(name: str) -> list[float]:
+    """RSS (GB) of our Ray Train workers in Ray's "Top 10 memory users" at the OOM kill."""
+    import re
+
+    log = OUT / "logs" / f"{name}.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    seen: dict[str, float] = {}
+    for pid, gb in re.findall(r"^(\d+)\t([\d.]+)\tray::RayTrainWorker", text, re.M):
+        seen[pid] = max(seen.get(pid, 0.0), float(gb))
+    return sorted(seen.values(), reverse=True)
+
+
 def table() -> str:
     """Markdown rows: measured max worker peak, estimate (recomputed with today's memory.py), error."""
     res = {r["name"]: r for r in load_results()}
@@ -201,6 +218,12 @@ def table() -> str:
             continue
         off = "/".join(x for x, k in (("opt", "offload_optimizer"), ("params", "offload_params"))
                        if row[k] != "none") or "-"
+        if r["status"] == "node-oom":
+            seen = oom_worker_rss(row["name"])
+            lines.append(f"| {row['name']} | {row['workers']} | {row['strategy']} | {off} | killed by Ray's node "
+                         f"memory monitor (shared machine full) with workers at {seen} GB | ≥ {max(seen or [0]):.2f} | "
+                         f"{r['estimate_gb']:.2f} | | | no |")
+            continue
         if r["status"] != "ok":
             why = r.get("reason", "").strip().splitlines()
             lines.append(f"| {row['name']} | {row['workers']} | {row['strategy']} | {off} | "

@@ -48,6 +48,22 @@ def test_shape_from_config_without_weights(qwen05):
     assert (qwen05.layers, qwen05.hidden, qwen05.intermediate, qwen05.vocab) == (24, 896, 4864, 151936)
 
 
+def test_freeze_embeddings_counts_and_builds(qwen05):
+    from rayft.models.load import load_tokenizer
+    from rayft.train.engine import build_model
+
+    assert qwen05.embed_params == 151936 * 896 and qwen05.largest_non_embed == 4864 * 896
+    base = ["train.method=full", "train.strategy=zero3", "scaling.num_workers=4", "train.offload_optimizer=nvme"]
+    full, frozen = (estimate(cfg(*base, f"train.freeze_embeddings={f}"), qwen05) for f in ("false", "true"))
+    assert frozen.total < full.total - 0.8 * GB  # no full-size embedding gradient, small swap buffers
+    model = build_model(cfg("train.method=full", "train.freeze_embeddings=true"), "tiny-qwen2",
+                        load_tokenizer("tiny-qwen2"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "model.embed_tokens.weight" not in trainable and "model.layers.0.mlp.up_proj.weight" in trainable
+    with pytest.raises(Exception, match="applies to train.method=full"):
+        cfg("train.freeze_embeddings=true")
+
+
 def test_lora_count_matches_peft():
     from rayft.models.load import load_tokenizer
     from rayft.train.engine import build_model

@@ -48,6 +48,10 @@ def build_model(cfg: TrainConfig, source: str, tok):
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    if cfg.train.method == "full" and cfg.train.freeze_embeddings:
+        for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if emb is not None:
+                emb.weight.requires_grad_(False)  # tied: one parameter, frozen once
     if cfg.train.method == "lora":
         from peft import LoraConfig, get_peft_model
 

@@ -61,6 +61,8 @@ class ModelShape:
     layers: int
     heads: int
     lora_params: int = 0
+    embed_params: int = 0  # input + output embeddings (once when tied)
+    largest_non_embed: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,7 +90,12 @@ def estimate(cfg: TrainConfig, shape: ModelShape, dtype: str = "float32") -> Est
     t, W = cfg.train, cfg.scaling.num_workers
     B = dtype_bytes(dtype)
     N = shape.n_params
-    T = shape.lora_params if t.method == "lora" else N
+    if t.method == "lora":
+        T, largest_trainable = shape.lora_params, 0
+    elif t.freeze_embeddings:
+        T, largest_trainable = N - shape.embed_params, shape.largest_non_embed
+    else:
+        T, largest_trainable = N, shape.largest_param
     zero = t.strategy in ("zero2", "zero3")
     opt_nvme = t.offload_optimizer == "nvme"
     p = {}
@@ -100,21 +107,18 @@ def estimate(cfg: TrainConfig, shape: ModelShape, dtype: str = "float32") -> Est
             p["weights"] = NVME_PARAM_BUFFERS * nvme_param_buffer(shape, W) * B
         else:
             p["weights"] = N * B / W
-        gathered = shape.largest_param + shape.layer_params
-        if t.method == "full":
-            gathered += shape.largest_param  # its full-size gradient before reduce-scatter
-        p["gathered"] = gathered * B
+        # the largest parameter all-gathered, the layer being computed, and the largest trainable
+        # parameter's full-size gradient before it is reduce-scattered
+        p["gathered"] = (shape.largest_param + shape.layer_params + largest_trainable) * B
     else:
         p["weights"] = N * B
 
     if zero:
         p["master"] = 0.0 if opt_nvme else 4 * T / W
-        largest_trainable = shape.largest_param if t.method == "full" else 0
         p["grads"] = 4 * T / W + (largest_trainable * B if t.strategy == "zero2" else 0)
         if opt_nvme:
             # swap buffers: 4 x one sub-group's partition (fp32 weights, grads, 2 moments); a
             # sub-group is sub_group_size elements, or the largest parameter if that is bigger
-            largest_trainable = shape.largest_param if t.method == "full" else 0
             p["optimizer"] = 4 * 4 * min(T, max(SUB_GROUP, largest_trainable)) / W
         else:
             p["optimizer"] = 8 * T / W
@@ -185,6 +189,13 @@ def suggestions(cfg: TrainConfig, shape: ModelShape, dtype: str, limit: float) -
                 break
         if done:
             break
+    if t.method == "full" and not t.freeze_embeddings and shape.embed_params:
+        for w in sorted({W, 2, 4, 8}):
+            if w >= W and fits(f"{prefix}train.freeze_embeddings=true train.strategy=zero3 scaling.num_workers={w} "
+                               "train.offload_optimizer=nvme", _with(cfg, train=dict(
+                                   base, freeze_embeddings=True, strategy="zero3", offload_optimizer="nvme"),
+                                   scaling={"num_workers": w})):
+                break
     if t.method == "full":
         fits(f"{prefix}train.method=lora (train an adapter instead of every weight)",
              _with(cfg, train=dict(base, method="lora")))

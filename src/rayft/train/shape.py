@@ -37,6 +37,9 @@ def shape_from_hf_config(hf_cfg, lora_targets: list[str] | None = None, lora_r: 
         if isinstance(mod, torch.nn.ModuleList) and len(mod) == layers:
             layer_params = sum(p.numel() for p in mod[0].parameters())
             break
+    emb = {id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings())
+           if m is not None}
+    other = [p for p in params if id(p) not in emb]
     lora = 0
     if lora_targets:
         for name, mod in model.named_modules():
@@ -47,7 +50,9 @@ def shape_from_hf_config(hf_cfg, lora_targets: list[str] | None = None, lora_r: 
         n_params=sum(p.numel() for p in params), largest_param=max(p.numel() for p in params),
         layer_params=layer_params, vocab=int(hf_cfg.vocab_size), hidden=hidden,
         intermediate=int(getattr(hf_cfg, "intermediate_size", 4 * hidden)), layers=layers,
-        heads=int(getattr(hf_cfg, "num_attention_heads", 1)), lora_params=lora)
+        heads=int(getattr(hf_cfg, "num_attention_heads", 1)), lora_params=lora,
+        embed_params=sum(p.numel() for p in emb.values()),
+        largest_non_embed=max((p.numel() for p in other), default=0))
 
 
 def model_shape(cfg: TrainConfig, source: str) -> ModelShape:
