@@ -94,7 +94,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     common = [f"model.name={a.model}", f"train.max_steps={a.steps}", f"data.max_seq_len={a.seq}",
               f"run.dir={out}", "run.name=throughput", "run.overwrite=true", "generate.prompt=",
-              "train.log_every=5", f"train.checkpoint_every={a.steps}", "lora.dropout=0.0"]
+              "train.log_every=5", f"train.checkpoint_every={a.steps}", "lora.dropout=0.0",
+              "train.grad_accum=1", "train.eval_every=0"]
     ray_cfg = load(TrainConfig, REPO / "configs/demo.yaml",
                    common + ["scaling.num_workers=2", "scaling.cpus_per_worker=1", f"train.batch_size={a.batch // 2}"])
     plain_cfg = load(TrainConfig, REPO / "configs/demo.yaml", common + [f"train.batch_size={a.batch}"])
