@@ -21,7 +21,7 @@ SAMPLES = REPO / "src/rayft/assets/samples/subtitle_pairs.jsonl"
 def write_sweep(tmp_path: Path, name: str, train: str, space: str, scheduler: str, sweep: str = "") -> Path:
     p = tmp_path / f"{name}.yaml"
     p.write_text(f"""
-sweep: {{dir: {tmp_path / 'sweeps'}, name: {name}, search: random, num_samples: 1{sweep}}}
+sweep: {{dir: {tmp_path / 'sweeps'}, name: {name}, search: random, num_samples: 1, trial_memory_gb: 0.5{sweep}}}
 scheduler: {scheduler}
 base:
   recipe: {REPO / 'configs/tiny.yaml'}
