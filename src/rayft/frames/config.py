@@ -37,8 +37,11 @@ class EmbedSection:
     concurrency: int = opt(0, "embedding actors; 0 = one per GPU when the cluster has GPUs, else 1")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto = cuda actors when the Ray cluster "
                                                  "has GPUs, else CPU actors")
-    actor_num_cpus: float = opt(1.0, "CPUs reserved per embedding actor. Keep it fractional or "
+    actor_num_cpus: float = opt(0.5, "CPUs reserved per embedding actor. Keep it fractional or "
                                 "below the node's CPU count so decode tasks can still be scheduled")
+    actor_memory_gb: float = opt(2.0, "memory reserved per embedding actor (a ViT-B-32 actor holds "
+                                 "~1.3 GB on CPU); keeps Ray from packing more actors than fit, "
+                                 "and Ray Data's memory warnings quiet. 0 = reserve nothing")
     decode_num_cpus: float = opt(0.5, "CPUs reserved per decode task")
     threads: int = opt(0, "torch intra-op threads per CPU actor; 0 = os.cpu_count() of the node")
     max_image_pixels: int = opt(50_000_000, "reject images with more pixels than this "
@@ -55,6 +58,8 @@ class EmbedSection:
         for k in ("batch_size", "decode_batch_size", "rows_per_file", "max_image_pixels"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"embed.{k}: expected >= 1, got {getattr(self, k)}")
+        if self.actor_memory_gb < 0:
+            raise ConfigError("embed.actor_memory_gb must be >= 0")
         if self.actor_num_cpus <= 0 or self.decode_num_cpus <= 0:
             raise ConfigError("embed.actor_num_cpus and embed.decode_num_cpus must be > 0")
 

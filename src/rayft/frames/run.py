@@ -223,8 +223,9 @@ def build_dataset(cfg: FramesConfig, todo: dict[str, list[str]], gpus: float):
     ds = ray.data.from_arrow([table.slice(i, rows) for i in range(0, len(table), rows)])
     ds = ds.map_batches(decode_batch, batch_size=e.decode_batch_size, num_cpus=e.decode_num_cpus,
                         fn_kwargs={"size": size, "max_pixels": e.max_image_pixels, "min_side": e.min_side})
+    mem = {"memory": int(e.actor_memory_gb * 2**30)} if e.actor_memory_gb else {}
     ds = ds.map_batches(ClipEmbedder, batch_size=e.batch_size, compute=ActorPoolStrategy(size=actors),
-                        num_cpus=e.actor_num_cpus, num_gpus=1 if device == "cuda" else 0,
+                        num_cpus=e.actor_num_cpus, num_gpus=1 if device == "cuda" else 0, **mem,
                         fn_constructor_kwargs={"model_cfg": to_dict(cfg.model), "device": device,
                                                "threads": e.threads, "actors": actors})
     return ds, {"device": device, "actors": actors, "image_size": size, "block_rows": rows}
