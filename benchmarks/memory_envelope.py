@@ -245,25 +245,30 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--timeout", type=int, default=2400)
+    ap.add_argument("--passes", type=int, default=3, help="retry runs the shared machine skipped or OOM-killed")
     a = ap.parse_args()
     if a.mode == "table":
         print(table())
         return
     OUT.mkdir(parents=True, exist_ok=True)
     dirs, pairs = write_inputs(a.seq)
-    # done: measured, or failed for a reason of its own (a node OOM caused by others is retried)
-    done = {r["name"] for r in load_results() if r["status"] in ("ok", "failed")}
-    for row in matrix():
-        if a.only is not None and row["name"] not in a.only:
-            continue
-        if a.only is None and row["name"] in done:
-            continue
-        print(f"[bench] {row['name']} ...", flush=True)
-        res = run_one(row, dirs, pairs, a.steps, a.seq, a.timeout)
-        with (OUT / "results.jsonl").open("a") as f:
-            f.write(json.dumps(res) + "\n")
-        print(f"[bench] {row['name']}: {res['status']} peak {res.get('peak_rss_mb')} MB, estimate "
-              f"{res['estimate_gb']:.2f} GB, tokens/s {res.get('tokens_per_s')}", flush=True)
+    todo = [r["name"] for r in matrix() if a.only is None or r["name"] in a.only]
+    for _ in range(a.passes):
+        # done: measured, or failed for a reason of its own (skips and node OOMs caused by the
+        # other jobs on this shared machine are retried on the next pass)
+        done = {r["name"] for r in load_results() if r["status"] in ("ok", "failed")}
+        pending = [r for r in matrix() if r["name"] in todo and r["name"] not in done]
+        if not pending:
+            break
+        for row in pending:
+            print(f"[bench] {row['name']} ...", flush=True)
+            res = run_one(row, dirs, pairs, a.steps, a.seq, a.timeout)
+            with (OUT / "results.jsonl").open("a") as f:
+                f.write(json.dumps(res) + "\n")
+            print(f"[bench] {row['name']}: {res['status']} peak {res.get('peak_rss_mb')} MB, estimate "
+                  f"{res['estimate_gb']:.2f} GB, tokens/s {res.get('tokens_per_s')}", flush=True)
+            if res["status"] == "ok":
+                todo.remove(row["name"])
 
 
 if __name__ == "__main__":
