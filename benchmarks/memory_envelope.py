@@ -208,7 +208,10 @@ def oom_worker_rss(name: str) -> list[float]:
 
 def table() -> str:
     """Markdown rows: measured max worker peak, estimate (recomputed with today's memory.py), error."""
-    res = {r["name"]: r for r in load_results()}
+    res: dict[str, dict] = {}
+    for r in load_results():  # the latest measurement wins; a later skip never hides one
+        if r["status"] == "ok" or res.get(r["name"], {}).get("status") != "ok":
+            res[r["name"]] = r
     dirs = {n: OUT / "models" / n for n in QWEN25}
     lines = ["| run | workers | strategy | offload | peak RSS per worker (GB) | max | estimate | error | "
              "tokens/s | ≤ 3.8 GB |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -253,10 +256,10 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     dirs, pairs = write_inputs(a.seq)
     todo = [r["name"] for r in matrix() if a.only is None or r["name"] in a.only]
-    for _ in range(a.passes):
+    for i in range(a.passes):
         # done: measured, or failed for a reason of its own (skips and node OOMs caused by the
-        # other jobs on this shared machine are retried on the next pass)
-        done = {r["name"] for r in load_results() if r["status"] in ("ok", "failed")}
+        # other jobs on this shared machine are retried on the next pass); --only reruns once
+        done = set() if (a.only and i == 0) else {r["name"] for r in load_results() if r["status"] in ("ok", "failed")}
         pending = [r for r in matrix() if r["name"] in todo and r["name"] not in done]
         if not pending:
             break
