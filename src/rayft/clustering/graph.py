@@ -50,10 +50,15 @@ def tree_labels(mst: np.ndarray, min_cluster_size: int, selection: str) -> np.nd
     tree, with the classic hdbscan library's compiled (Cython) routines: same algorithm as
     fast_hdbscan's, but no numba JIT (fast_hdbscan's import alone compiles for ~1 min in a
     fresh process), so small jobs and tests start at once. +inf bridge edges give lambda 0."""
-    from hdbscan._hdbscan_linkage import label
-    from hdbscan.hdbscan_ import _tree_to_labels
-
     mst = np.asarray(mst, dtype=np.float64)
+    try:  # hdbscan's internal (but long-stable) functions; fall back to fast_hdbscan's
+        from hdbscan._hdbscan_linkage import label
+        from hdbscan.hdbscan_ import _tree_to_labels
+    except ImportError:
+        from fast_hdbscan.hdbscan import clusters_from_spanning_tree
+
+        out = clusters_from_spanning_tree(mst, min_cluster_size=min_cluster_size, cluster_selection_method=selection)
+        return np.asarray(out[0], dtype=np.int64)
     mst = mst[np.lexsort((mst[:, 1], mst[:, 0], mst[:, 2]))]  # by weight, ties broken deterministically
     with np.errstate(divide="ignore", invalid="ignore"):
         labels = _tree_to_labels(None, label(mst), min_cluster_size, selection)[0]
