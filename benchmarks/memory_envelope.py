@@ -261,6 +261,10 @@ def main() -> None:
         # other jobs on this shared machine are retried on the next pass); --only reruns once
         done = set() if (a.only and i == 0) else {r["name"] for r in load_results() if r["status"] in ("ok", "failed")}
         pending = [r for r in matrix() if r["name"] in todo and r["name"] not in done]
+        # smallest machine footprint first: the big runs wait for the shared machine to quieten
+        need = {r["name"]: estimate_for(overrides(r, dirs[r["model"]], pairs, a.steps, a.seq)).total * r["workers"]
+                for r in pending}
+        pending.sort(key=lambda r: need[r["name"]])
         if not pending:
             break
         for row in pending:
