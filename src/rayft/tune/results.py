@@ -75,7 +75,7 @@ def plot_sweep(rows: list[dict], best: dict | None, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)
     for r in rows:
         pts = [(m["step"], m["val_loss"]) for m in read_jsonl(Path(r["run_dir"]) / "metrics.jsonl")
                if m.get("val_loss") is not None]
@@ -90,8 +90,8 @@ def plot_sweep(rows: list[dict], best: dict | None, out: Path) -> None:
     ax.set_ylabel("validation loss")
     ax.set_title(f"sweep: {len(rows)} trials (dashed: stopped early)")
     ax.grid(alpha=0.3)
-    if len(rows) <= 20:
-        ax.legend(fontsize=6, loc="upper right")
+    if len(rows) <= 24:  # beside the plot: inside, it hides the curves
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     tmp = out.with_suffix(".tmp.png")
     fig.savefig(tmp)
