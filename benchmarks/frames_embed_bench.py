@@ -9,6 +9,8 @@ the work. Runs are interleaved A-B-B-A (baseline, Ray, Ray, baseline) so drift i
 of a shared machine hits both sides alike. Also prints the compute-bound limit: the model's
 FLOPs per image (torch FlopCounterMode) / a measured fp32 matmul FLOP/s at the same threads.
 Timed from the model load on (the Ray side: from run_embed's start, with Ray already up).
+On a shared machine wall-clock rates follow other people's load; frames per CPU-second
+(this process for the loop; driver + every Ray process for Ray) is the steadier measure.
 """
 from __future__ import annotations
 
@@ -47,6 +49,27 @@ def make_frames(root: Path, n: int, episodes: int, size: tuple[int, int]) -> lis
     return [r["path"] for r in synth.read_truth(root)]
 
 
+def cpu_tree_seconds(pid: int | None = None) -> float:
+    """CPU seconds used by ``pid`` and every live descendant, plus what they reaped from
+    exited children (cutime/cstime): Ray's raylet, GCS and workers count on Ray's side. On
+    a shared machine CPU seconds per frame is the measure contention does not move."""
+    pid = pid or os.getpid()
+    stats = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(d)] = (int(f[1]), sum(int(x) for x in f[11:15]))  # ppid; utime stime cutime cstime
+    tree, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        tree.add(p)
+        todo += [c for c, (pp, _) in stats.items() if pp == p and c not in tree]
+    return sum(stats[p][1] for p in tree if p in stats) / os.sysconf("SC_CLK_TCK")
+
+
 def compute_limit(cfg, threads: int) -> dict:
     """Model FLOPs per image and measured fp32 matmul FLOP/s -> images/s upper bound."""
     import torch
@@ -61,14 +84,18 @@ def compute_limit(cfg, threads: int) -> dict:
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     for _ in range(2):
         a @ b
-    best = 0.0
+    best, best_cpu = 0.0, 0.0
     for _ in range(5):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for _ in range(4):
             a @ b
         best = max(best, 4 * 2 * 2048 ** 3 / (time.perf_counter() - t))
+        best_cpu = max(best_cpu, 4 * 2 * 2048 ** 3 / (time.process_time() - c))
     return {"gflop_per_image": round(flops / 1e9, 2), "matmul_gflops": round(best / 1e9, 1),
-            "limit_frames_per_s": round(best / flops, 2)}
+            "limit_frames_per_s": round(best / flops, 2),
+            "matmul_gflop_per_cpu_s": round(best_cpu / 1e9, 1),
+            "limit_frames_per_cpu_s": round(best_cpu / flops, 3),
+            "limit_frames_per_s_idle": round(best_cpu * threads / flops, 2)}
 
 
 def baseline(paths: list[str], cfg, threads: int) -> dict:
@@ -83,7 +110,7 @@ def baseline(paths: list[str], cfg, threads: int) -> dict:
     def collate(batch):
         return decode_batch({"path": np.array(batch, dtype=object)}, size, e.max_image_pixels, e.min_side)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     clip = load_clip(cfg.model)
     t_load = time.perf_counter() - t0
     loader = DataLoader(paths, batch_size=e.batch_size, num_workers=0, collate_fn=collate)
@@ -99,7 +126,9 @@ def baseline(paths: list[str], cfg, threads: int) -> dict:
         t_model += t - t1
         first = first or (t, n)
     total = time.perf_counter() - t0
+    cpu = time.process_time() - c0  # this process only: the plain loop has no Ray services
     return {"frames": n, "seconds": round(total, 2), "frames_per_s": round(n / total, 3),
+            "cpu_s": round(cpu, 1), "frames_per_cpu_s": round(n / cpu, 4),
             "steady_frames_per_s": round((n - first[1]) / (t - first[0]), 3),
             "model_load_s": round(t_load, 2), "decode_s": round(t_dec, 2), "model_s": round(t_model, 2),
             "decode_frames_per_s": round(n / t_dec, 1), "model_frames_per_s": round(n / t_model, 3)}
@@ -111,12 +140,15 @@ def ray_side(root: Path, out: Path, cfg_args: list[str]) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cfg = load(FramesConfig, REPO / "configs" / "frames.yaml",
                [f"embed.input={root}", f"embed.output={out}", "embed.progress=false", *cfg_args])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_tree_seconds()
     run_embed(cfg)
     total = time.perf_counter() - t0
+    time.sleep(2)  # let raylet reap the finished actor so its CPU lands in cutime
+    cpu = cpu_tree_seconds() - c0  # driver + raylet/GCS/agents + decode workers + actor
     rep = json.loads((out / "report.json").read_text())
     n = rep["frames_embedded_this_run"]
     return {"frames": n, "seconds": round(total, 2), "frames_per_s": round(n / total, 3),
+            "cpu_s": round(cpu, 1), "frames_per_cpu_s": round(n / cpu, 4),
             "steady_frames_per_s": rep["pipeline"].get("steady_frames_per_s"),
             "first_result_s": rep["pipeline"].get("first_result_s"), "pipeline": rep["pipeline"]}
 
@@ -159,10 +191,13 @@ def main() -> None:
     b, rr = side("baseline", "frames_per_s"), side("ray", "frames_per_s")
     bs, rs = side("baseline", "steady_frames_per_s"), side("ray", "steady_frames_per_s")
     ratio, steady_ratio = sum(rr) / sum(b), sum(rs) / max(sum(bs), 1e-9)
+    bc, rc = side("baseline", "frames_per_cpu_s"), side("ray", "frames_per_cpu_s")
+    cpu_ratio = sum(rc) / sum(bc)
     summary = {"model": a.model, "image_size": model_image_size(cfg.model), "frame_size": a.size,
                "frames": len(paths), "threads": a.threads, "batch": a.batch,
                "baseline_frames_per_s": b, "ray_frames_per_s": rr, "ray_over_baseline": round(ratio, 3),
                "baseline_steady": bs, "ray_steady": rs, "ray_over_baseline_steady": round(steady_ratio, 3),
+               "baseline_frames_per_cpu_s": bc, "ray_frames_per_cpu_s": rc, "ray_over_baseline_cpu": round(cpu_ratio, 3),
                "ray_first_result_s": side("ray", "first_result_s"), "compute_limit": limit,
                "date": time.strftime("%Y-%m-%d %H:%M"),
                "projected_hours_users_frames_one_worker": round(USERS_FRAMES / max(sum(rs) / len(rs), 1e-9) / 3600, 1)}
@@ -171,12 +206,14 @@ def main() -> None:
     def cell(v):
         return f"{', '.join(map(str, v))} (mean {sum(v) / len(v):.2f})"
 
-    print(f"\n| side | end to end frames/s (A-B-B-A) | steady-state frames/s |\n|---|---|---|\n"
-          f"| DataLoader loop (1 process) | {cell(b)} | {cell(bs)} |\n"
-          f"| rayft frames embed (Ray Data) | {cell(rr)} | {cell(rs)} |\n"
-          f"| ratio Ray / loop | {ratio:.3f} | {steady_ratio:.3f} |\n"
-          f"| compute-bound limit ({limit['gflop_per_image']} GFLOP/img / {limit['matmul_gflops']} GFLOP/s) "
-          f"| {limit['limit_frames_per_s']} | |")
+    print(f"\n| side | end to end frames/s (A-B-B-A) | steady-state frames/s | frames per CPU-second |\n"
+          f"|---|---|---|---|\n"
+          f"| DataLoader loop (1 process) | {cell(b)} | {cell(bs)} | {cell(bc)} |\n"
+          f"| rayft frames embed (Ray Data) | {cell(rr)} | {cell(rs)} | {cell(rc)} |\n"
+          f"| ratio Ray / loop | {ratio:.3f} | {steady_ratio:.3f} | {cpu_ratio:.3f} |\n"
+          f"| compute-bound limit ({limit['gflop_per_image']} GFLOP/img / matmul {limit['matmul_gflops']} "
+          f"GFLOP/s wall, {limit['matmul_gflop_per_cpu_s']} per CPU-s) | {limit['limit_frames_per_s']} | "
+          f"{limit['limit_frames_per_s_idle']} (idle, {a.threads} threads) | {limit['limit_frames_per_cpu_s']} |")
     with open(work / "results.jsonl", "a") as f:
         f.write(json.dumps({"runs": runs, **summary}) + "\n")
 
