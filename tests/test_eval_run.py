@@ -13,6 +13,7 @@ import pytest
 
 from rayft.config import ConfigError, load
 from rayft.evaluate.config import EvalConfig
+from rayft.cli import main
 from rayft.evaluate.run import run_eval
 from rayft.evaluate.synth import make_run
 from rayft.registry import Registry
@@ -84,7 +85,7 @@ def test_trained_candidate_beats_base_is_registered_and_promoted(trained, golden
     assert ev2["registered"] is None and reg.aliases()["champion"] == ev["registered"]
 
 
-def test_nan_and_noop_candidates_are_rejected_with_reasons(ray_session, golden, tmp_path):
+def test_nan_and_noop_candidates_are_rejected_with_reasons(ray_session, golden, tmp_path, capsys):
     reg_dir = tmp_path / "reg"
     nan_run = make_run(tmp_path / "nan", nan=True)
     ev = json.loads(open(run_eval(_cfg(nan_run, golden, reg_dir, f"data.val={golden}",
@@ -93,9 +94,14 @@ def test_nan_and_noop_candidates_are_rejected_with_reasons(ray_session, golden, 
     assert ev["reasons"][0].startswith("FAIL finite") and "candidate.golden.loss=nan" in ev["reasons"][0]
     assert ev["registered"] is None and not (reg_dir / "default").exists()
 
-    noop = make_run(tmp_path / "noop")  # identity adapter == the base model
-    ev = json.loads(open(run_eval(_cfg(noop, golden, reg_dir, f"data.val={golden}", "score.generate=false",
-                                       "registry.promote=false"))).read())
+    noop = make_run(tmp_path / "noop")  # identity adapter == the base model: through the CLI
+    rc = main(["eval", "--config", str(EVAL_YAML), f"candidate={noop}", f"data.golden={golden}",
+               f"registry.uri={reg_dir}", "data.max_rows=12", "gate.golden_metric=loss", "data.max_seq_len=128",
+               f"data.val={golden}", "score.generate=false", "registry.promote=false"])
+    out, err = capsys.readouterr()
+    assert rc == 3  # `rayft eval && promote` stops on a rejection; eval.json is still written and printed
+    assert "gate rejected the candidate (FAIL golden" in err
+    ev = json.loads(open(out.strip().splitlines()[-1]).read())
     assert ev["decision"] == "reject"
     assert ev["reasons"][0].startswith("PASS finite")
     assert ev["reasons"][1].startswith("FAIL golden") and "+0.00%; must improve by >= 1.00%" in ev["reasons"][1]

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from .config import ConfigError, help_text, load
+from .config import ConfigError, StageRefused, help_text, load
 
 #: subcommand -> (config class, run function, one-line description, key aliases).
 #: Modules load lazily so `rayft --help` stays fast.
@@ -32,7 +32,7 @@ STAGES: dict[str, tuple[str, str, str, dict]] = {
     "frames export": ("rayft.frames.config:FramesConfig", "rayft.clustering.export:run_export",
                       "export one training folder per character cluster with captions and contact sheets",
                       {"input": "export.input", "output": "export.output"}),
-    "eval": ("rayft.evaluate.config:EvalConfig", "rayft.evaluate.run:run_eval",
+    "eval": ("rayft.evaluate.config:EvalConfig", "rayft.evaluate.run:run_eval_cli",
              "score a candidate run vs the champion (or base) on val + golden with Ray Data; gate; eval.json",
              {"run": "candidate"}),
     "registry list": ("rayft.registry.commands:RegistryConfig", "rayft.registry.commands:run_list",
@@ -124,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"rayft {args.stage}: error: {e}", file=sys.stderr)
         return 2
+    except StageRefused as e:
+        print(e.result)
+        print(f"rayft {args.stage}: {e}", file=sys.stderr)
+        return e.code
     if result is not None:
         print(result)
     return 0

@@ -23,6 +23,16 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says why."""
 
 
+class StageRefused(Exception):
+    """A stage ran to the end but its answer is "no" (e.g. the gate rejected the candidate):
+    the CLI prints ``result`` (the report's path) as usual, the message, and exits ``code``,
+    so ``rayft eval ... && deploy`` stops there."""
+
+    def __init__(self, message: str, result: str, code: int = 3):
+        super().__init__(message)
+        self.result, self.code = result, code
+
+
 def opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
     """A dataclass field with a default and a help string."""
     if isinstance(default, (list, dict)):

@@ -45,10 +45,14 @@ class GuardCfg:
     max_rollbacks: int = opt(3, "NaN/Inf rollbacks allowed before the run stops")
     lr_factor: float = opt(0.5, "learning-rate multiplier applied at each rollback")
     rising_evals: int = opt(3, "warn when validation loss rises this many evaluations in a row")
+    inject_nan_at: list[int] = opt([], "fault injection for testing the guard: make the training loss "
+                                   "(and so the gradients) NaN the first time each of these steps runs")
 
     def validate(self) -> None:
         if self.max_rollbacks < 0 or self.rising_evals < 1 or not 0 < self.lr_factor <= 1:
             raise ConfigError("guard: need max_rollbacks >= 0, rising_evals >= 1, 0 < lr_factor <= 1")
+        if any(s < 1 for s in self.inject_nan_at):
+            raise ConfigError(f"guard.inject_nan_at: steps are >= 1, got {self.inject_nan_at}")
 
 
 @dataclass
@@ -80,7 +84,7 @@ class TrainingGuard:
 
     @classmethod
     def from_state_dict(cls, d: dict) -> "TrainingGuard":
-        g = cls(GuardCfg(**d["cfg"]))
+        g = cls(GuardCfg(**{k: v for k, v in d["cfg"].items() if k in GuardCfg.__dataclass_fields__}))
         for k in ("rollbacks", "lr_scale", "healthy_step", "clean_since_healthy", "last_val", "rising"):
             setattr(g, k, d[k])
         g.events = list(d.get("events", []))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from ..config import ConfigError, to_dict
+from ..config import ConfigError, StageRefused, to_dict
 from ..storage import atomic_write_json
 from . import data as eval_data
 from .config import EvalConfig
@@ -158,3 +158,14 @@ def run_eval(cfg: EvalConfig) -> str:
           + (f" | registry error: {report['registry_error']}" if report.get("registry_error") else "")
           + f" | {report['wall_s']:.0f} s", file=sys.stderr)
     return str(out)
+
+
+def run_eval_cli(cfg: EvalConfig) -> str:
+    """`rayft eval`: as ``run_eval``; a rejected candidate exits 3 (eval.json still written),
+    so scripts can chain ``rayft eval ... && rayft registry promote ...``."""
+    out = run_eval(cfg)
+    ev = json.loads(Path(out).read_text())
+    if not ev["accept"]:
+        failed = [r for r in ev['reasons'] if r.startswith('FAIL')]
+        raise StageRefused(f"gate rejected the candidate ({'; '.join(failed)}); see {out}", out)
+    return out

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from ..config import ConfigError, opt, section
+from ..evaluate.guard import GuardCfg
 
 
 @dataclass
@@ -168,6 +169,8 @@ class TrainConfig:
     scaling: ScalingSection = section(ScalingSection, "Ray Train workers and failures")
     memory: MemorySection = section(MemorySection, "per-worker memory budget: pre-launch estimate and "
                                     "RSS watchdog (see configs/profiles/)")
+    guard: GuardCfg = section(GuardCfg, "training-time guard: a NaN/Inf loss rolls back to the last "
+                              "healthy checkpoint with a lower learning rate; rising validation loss warns")
     generate: GenerateSection = section(GenerateSection, "sample generation after training")
 
     def validate(self) -> None:

@@ -70,6 +70,16 @@ def make_optimizer(cfg: TrainConfig, params):
     return opt, sched
 
 
+def set_lr_scale(sched, base_lr: float, scale: float) -> None:
+    """From now on the schedule peaks at ``base_lr * scale`` (guard rollbacks); the optimizer's
+    current learning rate follows at once, not only at the next scheduler step."""
+    sched.base_lrs = [base_lr * scale for _ in sched.base_lrs]
+    lrs = [b * f(sched.last_epoch) for b, f in zip(sched.base_lrs, sched.lr_lambdas)]
+    for g, lr in zip(sched.optimizer.param_groups, lrs):
+        g["lr"] = lr
+    sched._last_lr = lrs
+
+
 class _null:
     def __enter__(self):
         return self

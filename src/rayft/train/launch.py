@@ -299,16 +299,30 @@ def run_training(cfg: TrainConfig, prepared: Prepared | None = None, datasets: t
     if result.error:
         raise RuntimeError(f"training failed: {result.error}") from result.error
 
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    events = [r for r in rows if "event" in r]           # the training guard's
+    metrics = [r for r in rows if "event" not in r]
+    diverged = next((e for e in events if e["event"] == "nonfinite_stop"), None)
     ck = latest_checkpoint_dir(run_dir)
-    if ck is None:
+    if ck is None and not diverged:
         raise RuntimeError(f"training finished without a checkpoint under {run_dir / 'checkpoints'}")
-    state = json.loads((ck / "state.json").read_text())
+    state = json.loads((ck / "state.json").read_text()) if ck else {"step": 0}
     sub = "adapter" if cfg.train.method == "lora" else "model"
-    _publish(ck / sub, run_dir / sub)
-    _publish(ck / "tokenizer", run_dir / "tokenizer")
+    if ck and not diverged:
+        _publish(ck / sub, run_dir / sub)
+        _publish(ck / "tokenizer", run_dir / "tokenizer")
 
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
     report = build_report(cfg, p, metrics, state, time.time() - t_start, start_step)
+    report["guard"] = {"rollbacks": sum(e["event"] == "nonfinite_rollback" for e in events),
+                       "lr_scale": (state.get("guard") or {}).get("lr_scale", 1.0),
+                       "warnings": sum(e["event"] == "val_loss_rising" for e in events),
+                       "stopped": diverged, "events": events}
+    if diverged:
+        report["finished"] = False
+        atomic_write_json(run_dir / "report.json", report)
+        raise TrainingDiverged(f"{diverged['message']} (guard.max_rollbacks={cfg.guard.max_rollbacks}); "
+                               f"last healthy checkpoint: {ck or 'none'}; try a lower train.lr. "
+                               f"Report: {run_dir / 'report.json'}")
     report["memory"] = dict(checked.report(), budget_gb=cfg.memory.budget_gb, stopped=state.get("stopped"))
     from .plot import plot_loss
     plot_loss(metrics, run_dir / "loss.png", f"{cfg.model.name} {cfg.train.method} - {run_dir.name}")
@@ -328,6 +342,10 @@ def run_training(cfg: TrainConfig, prepared: Prepared | None = None, datasets: t
         raise MemoryBudgetError(stop_message(st["rank"], st["rss_mb"] * 2**20, st["budget_gb"], st["stop_fraction"],
                                              state["step"], str(ck)))
     return str(run_dir)
+
+
+class TrainingDiverged(ConfigError):
+    """The loss stayed NaN/Inf after guard.max_rollbacks rollbacks: the recipe needs changing."""
 
 
 def _f(x) -> str:

@@ -76,8 +76,9 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import torch.distributed as dist
 
+    from ..evaluate.guard import TrainingGuard
     from ..models.load import load_tokenizer
-    from .engine import make_engine
+    from .engine import make_engine, set_lr_scale
 
     cfg = from_dict(TrainConfig, config["cfg"])
     source, run_dir = config["source"], Path(config["run_dir"])
@@ -98,12 +99,17 @@ def train_loop_per_worker(config: dict) -> None:
     engine = make_engine(cfg, source, tok, world, config.get("deepspeed"))
 
     step, resumed_from = 0, None
+    guard = TrainingGuard(cfg.guard)
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
             state = engine.restore(Path(d), rank, world)
             step = int(state["step"])
             resumed_from = step
+            if state.get("guard"):  # rollbacks so far and the learning-rate scale survive a resume
+                guard = TrainingGuard.from_state_dict(state["guard"])
+                guard.cfg = cfg.guard
+                set_lr_scale(engine.sched, cfg.train.lr, guard.lr_scale)
             if state.get("world_size") == world:
                 ckpt_io.load_rng(Path(d) / f"rng_rank{rank}.safetensors")
             else:
@@ -159,9 +165,13 @@ def train_loop_per_worker(config: dict) -> None:
     metrics_path = run_dir / "metrics.jsonl"
     mem_rows = gather({"rss_start_mb": rss_start / 2**20, "rss_runtime_mb": rss_runtime / 2**20,
                        "rss_built_mb": rss_built / 2**20})
-    if rank == 0:  # drop metrics logged after the checkpoint we resumed from
-        kept = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= step]
+    def truncate_metrics(upto: int) -> None:
+        """Drop metrics logged after step ``upto`` (they are re-run); guard events stay."""
+        kept = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= upto or "event" in r]
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    if rank == 0:  # drop metrics logged after the checkpoint we resumed from
+        truncate_metrics(step)
         atomic_write_json(run_dir / "memory.json", {k: [r[k] for r in mem_rows] for k in mem_rows[0]}
                           | {"strategy": cfg.train.strategy, "budget_gb": mem.budget_gb})
 
@@ -177,6 +187,38 @@ def train_loop_per_worker(config: dict) -> None:
                              checkpoint_dir_name=f"step_{step:07d}")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def log_events(act) -> None:
+        for ev in act.events:
+            if rank == 0:
+                print(f"[rayft] guard: {ev['message']}", flush=True)
+                append_jsonl(metrics_path, dict(ev, time=time.time()))
+
+    def rollback(act) -> None:
+        """Restore the last healthy checkpoint (step 0: rebuild the initial model, the old one
+        freed first) and scale the learning rate; training continues from that step."""
+        nonlocal engine, step
+        to = int(act.rollback_to)
+        if to == 0:
+            engine = None
+            import gc
+            gc.collect()
+            engine = make_engine(cfg, source, tok, world, config.get("deepspeed"))
+            torch.manual_seed(cfg.run.seed * 1000 + rank)
+            engine.wrap(ray.train.torch.prepare_model)
+        else:
+            d = run_dir / "checkpoints" / f"step_{to:07d}"
+            if not (d / "state.json").exists():
+                raise RuntimeError(f"guard: rollback checkpoint {d} is missing")
+            engine.restore(d, rank, world)
+            ckpt_io.load_rng(d / f"rng_rank{rank}.safetensors")
+        set_lr_scale(engine.sched, cfg.train.lr, act.lr_scale)
+        engine.model.train()
+        step = to
+        if rank == 0:
+            truncate_metrics(to)
+        if world > 1:
+            dist.barrier()
 
     if step == 0:
         v0 = val_loss()
@@ -198,9 +240,20 @@ def train_loop_per_worker(config: dict) -> None:
             step_tokens += float(b["attention_mask"].sum().item())
         engine.step()
         step += 1
+        if step in cfg.guard.inject_nan_at and not any(
+                e.get("step") == step for e in guard.events if e["event"].startswith("nonfinite")):
+            step_loss = _poison(engine)
         # the watchdog's flag rides on the loss all-reduce: every worker learns of a trip together
         gl, gt, trips = all_sum([step_loss, step_tokens, float(watchdog.tripped.is_set())])
         gl /= world
+        act = guard.on_step(step, gl)
+        if act.kind in ("rollback", "stop"):
+            log_events(act)
+            if act.kind == "stop":
+                break
+            rollback(act)
+            win_loss, win_tokens, win_steps, t0 = 0.0, 0.0, 0, time.perf_counter()
+            continue
         win_loss += gl
         win_tokens += gt
         win_steps += 1
@@ -227,6 +280,18 @@ def train_loop_per_worker(config: dict) -> None:
                                  "peak_rss_mb": rows[who][0], "budget_gb": mem.budget_gb,
                                  "stop_fraction": mem.stop_fraction}}
             metrics["memory_stop"] = extra["stopped"]
+        if do_eval and metrics["val_loss"] is not None:
+            act = guard.on_val_loss(step, metrics["val_loss"])
+            log_events(act)
+            if act.kind in ("rollback", "stop"):
+                if act.kind == "stop":
+                    break
+                rollback(act)
+                win_loss, win_tokens, win_steps, t0 = 0.0, 0.0, 0, time.perf_counter()
+                continue
+        if do_ckpt:
+            guard.on_checkpoint(step)  # every loss since the last one was finite (else we rolled back)
+            extra = dict(extra or {}, guard=guard.state_dict())
         if resumed_from is not None:
             metrics["resumed_from"] = resumed_from
         if rank == 0:
@@ -248,6 +313,16 @@ def train_loop_per_worker(config: dict) -> None:
         mem_path = run_dir / "memory.json"
         atomic_write_json(mem_path, dict(json.loads(mem_path.read_text()), peak_rss_end_mb=end_peaks))
     _cleanup_swap(config, rank, world, dist)
+
+
+def _poison(engine) -> float:
+    """Fault injection (guard.inject_nan_at): what a diverging step leaves behind, NaN weights
+    and a NaN loss. Only the guard's rollback can recover from it."""
+    with torch.no_grad():
+        for p in engine.model.parameters():
+            if p.requires_grad and p.numel():
+                p.fill_(float("nan"))
+    return float("nan")
 
 
 def _cleanup_swap(config: dict, rank: int, world: int, dist) -> None:
