@@ -1,4 +1,6 @@
 """Process-wide defaults applied before Ray is imported (secure, quiet, CPU-friendly)."""
+from __future__ import annotations
+
 import os
 
 DEFAULTS = {
@@ -21,3 +23,22 @@ def apply() -> None:
 
 def worker_env() -> dict:
     return {k: os.environ[k] for k in WORKER_ENV_KEYS if os.environ.get(k)}
+
+
+def ray_start(address: str = "", num_cpus: float | None = None) -> bool:
+    """Join or start Ray unless this process already has it; True when this call started it
+    (the caller then shuts it down). ``address`` (a stage's ``ray.address``) wins; under
+    ``ray job submit`` RAY_ADDRESS names the job's cluster; otherwise a new local Ray bound
+    to loopback (``num_cpus``: its CPU count, None = all)."""
+    apply()
+    import ray
+    if ray.is_initialized():
+        return False
+    kw = dict(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": worker_env()})
+    if address:
+        ray.init(address=address, **kw)
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init(**kw)
+    else:
+        ray.init(num_cpus=num_cpus or None, **kw)
+    return True

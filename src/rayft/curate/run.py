@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from .. import _env
 from ..config import from_dict, to_dict
 from ..data.formats import DataError, resolve_paths
 from . import assemble, output
@@ -65,23 +66,6 @@ def _signer(texts: list[str], cfg: CurateConfig) -> pa.Array:
     d = cfg.dedup
     sig = dd.minhash(texts, d.ngram, d.bands * d.rows, d.seed)
     return pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel(), pa.uint32()), d.bands * d.rows)
-
-
-def _ray_start(cfg: CurateConfig) -> bool:
-    """Init Ray unless already initialized; True when this call started it."""
-    from .. import _env
-    _env.apply()
-    import ray
-    if ray.is_initialized():
-        return False
-    kw = dict(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": _env.worker_env()})
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, **kw)
-    elif os.environ.get("RAY_ADDRESS"):  # under `ray job submit`: the job's cluster
-        ray.init(**kw)
-    else:
-        ray.init(num_cpus=cfg.ray.num_cpus or None, **kw)
-    return True
 
 
 def _read_and_filter(tasks: list[dict], cfg: CurateConfig) -> pa.Table:
@@ -141,7 +125,7 @@ def run_curate(cfg: CurateConfig) -> str:
         gset = set(golden)
         tasks = [t for p in new for t in plan_file(p, cfg.data.format, int(cfg.data.chunk_mb * (1 << 20)), p in gset)]
         t_plan = time.time()
-        started = _ray_start(cfg)
+        started = _env.ray_start(cfg.ray.address, cfg.ray.num_cpus)
         try:
             t_ray = time.time()
             table = _read_and_filter(tasks, cfg)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from .. import _env
 from ..config import ConfigError, StageRefused, to_dict
 from ..storage import atomic_write_json
 from . import data as eval_data
@@ -50,20 +51,6 @@ def resolve_champion(cfg: EvalConfig, cand: dict) -> tuple[dict, str | None, str
         raise ConfigError(f"champion={ref!r} names a registry version but registry.uri is empty")
     spec = base_spec(cand["base"], cand["seed"], cand["trust_remote_code"], cand["system_prompt"], "champion")
     return spec, None, f"base:{cand['base']}"
-
-
-def _ray_start(cfg: EvalConfig) -> bool:
-    from .. import _env
-    _env.apply()
-    import ray
-    if ray.is_initialized():
-        return False
-    kw = dict(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": _env.worker_env()})
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, **kw)
-    else:  # RAY_ADDRESS (under `ray job submit`) or a new local, loopback-only Ray
-        ray.init(**kw)
-    return True
 
 
 def score_rows(table: pa.Table, cand: dict, champ: dict, cfg: EvalConfig) -> list[dict]:
@@ -113,7 +100,7 @@ def run_eval(cfg: EvalConfig) -> str:
     table = table.append_column("row", pa.array(range(table.num_rows), pa.int64()))
     print(f"[rayft] eval: {tables['val'].num_rows} val + {tables['golden'].num_rows} golden rows | candidate "
           f"{cfg.candidate} vs champion {champ_ref}", file=sys.stderr)
-    started = _ray_start(cfg)
+    started = _env.ray_start(cfg.ray.address)
     try:
         rows = score_rows(table, cand, champ, cfg)
     finally:
