@@ -21,8 +21,19 @@ def apply() -> None:
             os.environ.setdefault(k, v)
 
 
+#: glibc malloc settings for every Ray worker (a value already in the environment wins).
+#: Without them glibc's mmap threshold grows to 32 MB after the first large free, so the
+#: many 1-32 MB tensors of a training step (layer weights, ZeRO partitions and gathers) land
+#: in the heap and their freed pages stay resident: measured on a ZeRO-3 LoRA 0.5B worker,
+#: RSS after building the model was 2.75 GB instead of 1.72, and the peak 3.74 GB instead of
+#: 2.98. A fixed 1 MB threshold gives every larger tensor its own mapping, returned on free.
+WORKER_MALLOC = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(2**20),
+                 "MALLOC_TRIM_THRESHOLD_": str(2**20)}
+
+
 def worker_env() -> dict:
-    return {k: os.environ[k] for k in WORKER_ENV_KEYS if os.environ.get(k)}
+    env = {k: os.environ[k] for k in WORKER_ENV_KEYS if os.environ.get(k)}
+    return env | {k: os.environ.get(k) or v for k, v in WORKER_MALLOC.items()}
 
 
 def ray_start(address: str = "", num_cpus: float | None = None) -> bool:
