@@ -103,7 +103,11 @@ def ds_config(cfg: TrainConfig, world_size: int, dtype: str, nvme_path: str = "n
         if t.offload_params == "nvme":
             # buffer_size must hold the largest parameter partition; launch fills it in from the
             # model shape (see memory.nvme_param_buffer) - this default fits models up to ~1e8.
-            off.update({"nvme_path": nvme_path, "buffer_count": 4, "buffer_size": int(1e8),
+            # buffer_count: every partitioned matrix of the layer being recomputed (gradient
+            # checkpointing) is swapped in at once - a Qwen2/Llama layer has 7; with 4 the LoRA
+            # 0.5B backward failed ("Not enough swap in buffers"). All buffers are the size of the
+            # largest partition (the embedding), which is what makes this offload expensive.
+            off.update({"nvme_path": nvme_path, "buffer_count": 8, "buffer_size": int(1e8),
                         "max_in_cpu": 0})
         zero["offload_param"] = off
     out = {

@@ -39,7 +39,7 @@ A_H, A_I = 16.0, 5.0
 LORA_ACT_FACTOR = 0.8
 #: deepspeed.py's CPU sub_group_size and nvme parameter buffer_count
 SUB_GROUP = 2e7
-NVME_PARAM_BUFFERS = 4
+NVME_PARAM_BUFFERS = 8
 #: copies of the batch x seq x vocab fp32 logits alive at the loss (logits, log-softmax, grad)
 LOGIT_COPIES = 3.0
 
