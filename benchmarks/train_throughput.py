@@ -6,7 +6,9 @@ Both sides train the same LoRA (same model, rank, targets, data, global batch, s
 length, AdamW, fp32) for the same number of optimizer steps:
 * ray:   `rayft train` (TorchTrainer, 2 workers x 1 CPU, 1 torch thread each, DDP/gloo,
          per-worker batch B/2); tokens/s from the loop's own windows, first window excluded.
-* plain: one process, torch.set_num_threads(2), batch B; tokens/s after the first step.
+* plain: one process, torch.set_num_threads(2), batch B as micro-batches of B/2 with gradient
+         accumulation (each forward shaped as a Ray worker's; --plain-micro B: one forward);
+         tokens/s after the first step.
 Start-up (Ray, worker launch, model load) is reported separately, not in tokens/s.
 Prints a JSON line and writes benchmarks/out/train_throughput.json.
 """
@@ -27,8 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 
-def plain_loop(cfg, steps: int, batch: int) -> dict:
-    """The same LoRA step a user would hand-write: no Ray, no DDP, 2 threads."""
+def plain_loop(cfg, steps: int, batch: int, micro: int) -> dict:
+    """The same LoRA step a user would hand-write: no Ray, no DDP, 2 threads. The global
+    batch runs as micro-batches of ``micro`` rows with gradient accumulation, so every
+    forward has the shapes (and padding) a Ray worker's has."""
     import numpy as np
     import torch
 
@@ -52,16 +56,18 @@ def plain_loop(cfg, steps: int, batch: int) -> dict:
     times, toks = [], []
     for s in range(steps):
         idx = rng.choice(len(ex), batch, replace=False)
-        b = collate([(np.asarray(ex[i][0]), np.asarray(ex[i][1])) for i in idx], tok.pad_token_id)
+        parts = [collate([(np.asarray(ex[i][0]), np.asarray(ex[i][1])) for i in idx[j:j + micro]], tok.pad_token_id)
+                 for j in range(0, batch, micro)]
         t0 = time.perf_counter()
-        out = model(**b)
-        out.loss.backward()
+        for b in parts:
+            out = model(**b)
+            (out.loss / len(parts)).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
-        toks.append(float(b["attention_mask"].sum()))
-    return {"tokens_per_s": sum(toks[1:]) / sum(times[1:]), "steps": steps,
+        toks.append(sum(float(b["attention_mask"].sum()) for b in parts))
+    return {"tokens_per_s": sum(toks[1:]) / sum(times[1:]), "steps": steps, "micro_batch": micro,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -84,6 +90,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=8, help="global batch (ray: batch/2 per worker)")
     ap.add_argument("--seq", type=int, default=192)
+    ap.add_argument("--plain-micro", type=int, default=0,
+                    help="plain loop micro-batch (0: batch/2, the shape a Ray worker runs; batch: one forward)")
     ap.add_argument("--out", default=str(REPO / "benchmarks/out"))
     a = ap.parse_args()
 
@@ -100,7 +108,7 @@ def main() -> None:
                    common + ["scaling.num_workers=2", "scaling.cpus_per_worker=1", f"train.batch_size={a.batch // 2}"])
     plain_cfg = load(TrainConfig, REPO / "configs/demo.yaml", common + [f"train.batch_size={a.batch}"])
     load_avg = os.getloadavg()
-    plain = plain_loop(plain_cfg, a.steps, a.batch)
+    plain = plain_loop(plain_cfg, a.steps, a.batch, a.plain_micro or a.batch // 2)
     ray_res = ray_loop(ray_cfg)
     res = {"model": a.model, "global_batch": a.batch, "max_seq_len": a.seq, "steps": a.steps,
            "plain": plain, "ray": ray_res, "ratio_ray_over_plain": ray_res["tokens_per_s"] / plain["tokens_per_s"],
