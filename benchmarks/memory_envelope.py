@@ -121,7 +121,8 @@ def overrides(row: dict, model_dir: Path, pairs: Path, steps: int, seq: int) -> 
             "train.log_every=1", f"train.checkpoint_every={steps}", "train.gradient_checkpointing=true",
             "train.keep_checkpoints=1", "lora.target_modules=[q_proj,k_proj,v_proj,o_proj]", "lora.r=8",
             f"scaling.num_workers={w}", f"scaling.cpus_per_worker={min(1.0, 2.0 / w):g}",
-            "scaling.torch_threads=1", "scaling.max_failures=0", "memory.budget_gb=0", "generate.prompt="]
+            "scaling.torch_threads=1", "scaling.max_failures=0", "memory.budget_gb=0", "memory.malloc=compact",
+            "generate.prompt="]
 
 
 def estimate_for(ov: list[str]):

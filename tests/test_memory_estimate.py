@@ -142,3 +142,22 @@ def test_watchdog_trips_past_line_only():
     msg = stop_message(1, 3.7 * GB, 4.0, 0.9, 12, "step_0000012")
     assert "worker rank 1" in msg and "3.70 GB" in msg and "4 GB budget" in msg and "3.60 GB" in msg
     assert "step 12" in msg
+
+
+def test_compact_malloc_only_where_memory_is_capped(monkeypatch):
+    """memory.malloc=auto: glibc's default (faster) for plain ddp, the compact settings (freed
+    tensors go back to the OS) under a memory budget or DeepSpeed; the user's env value wins."""
+    from rayft import _env
+    from rayft.train.launch import compact_malloc
+
+    for k in _env.WORKER_MALLOC:
+        monkeypatch.delenv(k, raising=False)
+    assert not compact_malloc(cfg())
+    assert compact_malloc(cfg("memory.budget_gb=4"))
+    assert compact_malloc(cfg("train.strategy=zero3"))
+    assert not compact_malloc(cfg("train.strategy=zero3", "memory.malloc=default"))
+    assert compact_malloc(cfg("memory.malloc=compact"))
+    assert "MALLOC_MMAP_THRESHOLD_" not in _env.worker_env()
+    assert _env.worker_env(True)["MALLOC_MMAP_THRESHOLD_"] == str(2**20)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert _env.worker_env(True)["MALLOC_ARENA_MAX"] == "4"

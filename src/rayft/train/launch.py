@@ -193,6 +193,12 @@ def _check_resources(cfg: TrainConfig) -> None:
                           f"{res.get('memory', 0) / 2**30:.1f} GB")
 
 
+def compact_malloc(cfg: TrainConfig) -> bool:
+    """memory.malloc resolved: compact under a memory budget or DeepSpeed, else glibc's default."""
+    m = cfg.memory.malloc
+    return m == "compact" or (m == "auto" and (cfg.memory.budget_gb > 0 or cfg.train.strategy != "ddp"))
+
+
 def fit(cfg: TrainConfig, p: Prepared, datasets: tuple | None = None, callbacks: list | None = None,
         checked=None):
     """Run the TorchTrainer; returns the Ray Train Result.
@@ -225,7 +231,7 @@ def fit(cfg: TrainConfig, p: Prepared, datasets: tuple | None = None, callbacks:
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             # DeepSpeed picks its accelerator from DS_ACCELERATOR: decided by the WORKERS' device,
             # not the driver's (a CPU-only head submitting to GPU workers must not pass "cpu")
-            worker_runtime_env={"env_vars": dict(_env.worker_env(),
+            worker_runtime_env={"env_vars": dict(_env.worker_env(compact_malloc(cfg)),
                                                  DS_ACCELERATOR="cuda" if cfg.scaling.use_gpu else "cpu")},
             callbacks=callbacks),
         datasets=full,
