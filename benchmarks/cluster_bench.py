@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -127,11 +128,13 @@ def run_child(method: str, data: Path, out: Path, timeout: float) -> dict:
     shared in memory); the child reports its own peak RSS (getrusage ru_maxrss)."""
     cmd = [sys.executable, __file__, "--one", method, "--data", str(data), "--out", str(out)]
     t0 = time.time()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True)
+    # own session: on timeout the whole group goes, including hdbscan's joblib/loky workers
+    # (they hold the stdout pipe, and killing the child alone left them computing)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, start_new_session=True)
     try:
         stdout, _ = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        p.kill()
+        os.killpg(p.pid, signal.SIGKILL)
         p.communicate()
         return {"method": method, "error": f"timeout after {timeout:.0f}s", "seconds": round(time.time() - t0, 1)}
     line = (stdout.strip().splitlines() or ["{}"])[-1]
