@@ -64,3 +64,13 @@ def test_nan_after_last_rollback_stops_with_report(ray_session, tmp_path, capsys
 def test_guard_config_is_checked(capsys):
     assert main(["train", f"data.path={SAMPLES}", "guard.lr_factor=2"]) == 2
     assert "lr_factor" in capsys.readouterr().err
+
+
+def test_rollback_under_deepspeed_zero2(ray_session, tmp_path):
+    # step 2: back to step 0 (DeepSpeed engine rebuilt in the same workers); step 5: to checkpoint 3
+    assert _train(tmp_path, "z2", "train.strategy=zero2", "train.max_steps=6", "train.checkpoint_every=3",
+                  "guard.inject_nan_at=[2,5]") == 0
+    rep = json.loads((tmp_path / "z2/report.json").read_text())
+    assert rep["finished"] and rep["guard"]["rollbacks"] == 2 and rep["guard"]["lr_scale"] == 0.25
+    assert [(e["step"], e["rollback_to"]) for e in rep["guard"]["events"]] == [(2, 0), (5, 3)]
+    assert rep["loss_last"] == rep["loss_last"] and rep["loss_last"] < rep["loss_first"]
