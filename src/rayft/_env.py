@@ -41,16 +41,17 @@ def worker_env(compact_malloc: bool = False) -> dict:
     return env
 
 
-def ray_start(address: str = "", num_cpus: float | None = None) -> bool:
+def ray_start(address: str = "", num_cpus: float | None = None, log_to_driver: bool = False) -> bool:
     """Join or start Ray unless this process already has it; True when this call started it
     (the caller then shuts it down). ``address`` (a stage's ``ray.address``) wins; under
     ``ray job submit`` RAY_ADDRESS names the job's cluster; otherwise a new local Ray bound
-    to loopback (``num_cpus``: its CPU count, None = all)."""
+    to loopback (``num_cpus``: its CPU count, None = all). ``log_to_driver``: print the
+    workers' output here (train, frames and serve do; curate and eval keep it quiet)."""
     apply()
     import ray
     if ray.is_initialized():
         return False
-    kw = dict(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": worker_env()})
+    kw = dict(include_dashboard=False, log_to_driver=log_to_driver, runtime_env={"env_vars": worker_env()})
     if address:
         ray.init(address=address, **kw)
     elif os.environ.get("RAY_ADDRESS"):

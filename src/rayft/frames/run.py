@@ -81,19 +81,6 @@ def discover(root: str | Path, extensions: list[str]) -> tuple[dict[str, list[st
     return dict(sorted(episodes.items())), ignored, errors
 
 
-def _init_ray() -> bool:
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kw = {"runtime_env": {"env_vars": _env.worker_env()}}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(**kw)
-    else:
-        ray.init(include_dashboard=False, **kw)
-    return True
-
-
 def _record_model(out: Path, cfg: FramesConfig, any_done: bool) -> None:
     meta = {"name": cfg.model.name, "pretrained": cfg.model.pretrained, "image_size": cfg.model.image_size,
             "seed": cfg.model.seed}
@@ -182,7 +169,7 @@ def run_embed(cfg: FramesConfig) -> str:
         import ray
         from ray.data import DataContext
 
-        started = _init_ray()
+        started = _env.ray_start(log_to_driver=True)
         ctx = DataContext.get_current()
         saved = ctx.max_errored_blocks, ctx.enable_progress_bars
         try:

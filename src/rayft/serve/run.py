@@ -9,14 +9,6 @@ from .. import _env
 from .config import ServeConfig
 
 
-def _ray_start() -> bool:
-    import ray
-    if ray.is_initialized():
-        return False
-    ray.init(include_dashboard=False, runtime_env={"env_vars": _env.worker_env()})  # RAY_ADDRESS or local
-    return True
-
-
 def start(cfg: ServeConfig, app=None) -> str:
     """Start Serve's HTTP proxy on cfg.host:cfg.port and deploy the app; returns the base URL."""
     from ray import serve
@@ -38,7 +30,7 @@ def run_serve(cfg: ServeConfig) -> str:
     _env.apply()
     cfg.check_bind()
     app = build_app(cfg)  # registry problems surface before Ray starts
-    started = _ray_start()
+    started = _env.ray_start(log_to_driver=True)
     url = start(cfg, app)
     auth = "bearer API key required" if cfg.resolved_key() else "no API key (loopback only)"
     print(f"[rayft] serving {', '.join(cfg.models)} from {cfg.registry} at {url}/v1 (OpenAI API; {auth}); "

@@ -138,17 +138,6 @@ def _data_config(parts: dict):
     return PreSplit(parts)
 
 
-def _init_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env={"env_vars": _env.worker_env()})
-    else:  # local single-node cluster, bound to loopback
-        ray.init(include_dashboard=False, runtime_env={"env_vars": _env.worker_env()})
-
-
 class _Progress(threading.Thread):
     """Driver-side progress bar fed by the metrics rank 0 appends to metrics.jsonl."""
 
@@ -294,7 +283,7 @@ def run_training(cfg: TrainConfig, prepared: Prepared | None = None, datasets: t
           f"{cfg.scaling.num_workers} workers x {cfg.scaling.cpus_per_worker:g} CPU"
           + (f" | resuming from step {start_step}" if prev else ""), file=sys.stderr)
 
-    _init_ray()
+    _env.ray_start(log_to_driver=True)
     bar = _Progress(run_dir / "metrics.jsonl", cfg.train.max_steps, start_step)
     bar.start()
     try:

@@ -106,11 +106,12 @@ def run_sweep(scfg: SweepConfig) -> str:
     import ray.data
     from ray import tune
 
-    from ..train.launch import _init_ray, _ray_datasets
+    from .. import _env
+    from ..train.launch import _ray_datasets
     from .reaper import Reaper
     from .trial import run_trial
 
-    _init_ray()
+    _env.ray_start(log_to_driver=True)
     per_trial = trial_resources(plan.base_cfg, scfg.sweep.trial_cpus, scfg.sweep.trial_memory_gb)
     concurrency = max_concurrency(per_trial, ray.cluster_resources(), scfg.sweep.max_concurrent)
     sweep_dir.mkdir(parents=True, exist_ok=True)
