@@ -47,10 +47,13 @@ def golden(tmp_path_factory):
     return p
 
 
+def _overrides(candidate, golden, reg, *extra) -> list[str]:
+    return [f"candidate={candidate}", f"data.golden={golden}", f"registry.uri={reg}", "data.max_rows=12",
+            "score.max_new_tokens=8", "gate.golden_metric=loss", "data.max_seq_len=128", *extra]
+
+
 def _cfg(candidate, golden, reg, *extra):
-    return load(EvalConfig, EVAL_YAML, [
-        f"candidate={candidate}", f"data.golden={golden}", f"registry.uri={reg}", "data.max_rows=12",
-        "score.max_new_tokens=8", "gate.golden_metric=loss", "data.max_seq_len=128", *extra])
+    return load(EvalConfig, EVAL_YAML, _overrides(candidate, golden, reg, *extra))
 
 
 def test_trained_candidate_beats_base_is_registered_and_promoted(trained, golden, tmp_path):
@@ -95,9 +98,8 @@ def test_nan_and_noop_candidates_are_rejected_with_reasons(ray_session, golden, 
     assert ev["registered"] is None and not (reg_dir / "default").exists()
 
     noop = make_run(tmp_path / "noop")  # identity adapter == the base model: through the CLI
-    rc = main(["eval", "--config", str(EVAL_YAML), f"candidate={noop}", f"data.golden={golden}",
-               f"registry.uri={reg_dir}", "data.max_rows=12", "gate.golden_metric=loss", "data.max_seq_len=128",
-               f"data.val={golden}", "score.generate=false", "registry.promote=false"])
+    rc = main(["eval", "--config", str(EVAL_YAML), *_overrides(noop, golden, reg_dir, f"data.val={golden}",
+                                                               "score.generate=false", "registry.promote=false")])
     out, err = capsys.readouterr()
     assert rc == 3  # `rayft eval && promote` stops on a rejection; eval.json is still written and printed
     assert "gate rejected the candidate (FAIL golden" in err

@@ -196,8 +196,9 @@ def train_loop_per_worker(config: dict) -> None:
 
     def rollback(act) -> None:
         """Restore the last healthy checkpoint (step 0: rebuild the initial model, the old one
-        freed first) and scale the learning rate; training continues from that step."""
-        nonlocal engine, step
+        freed first) and scale the learning rate; training continues from that step with a
+        fresh metrics window."""
+        nonlocal engine, step, win_loss, win_tokens, win_steps, t0
         to = int(act.rollback_to)
         if to == 0:
             engine = None
@@ -219,6 +220,7 @@ def train_loop_per_worker(config: dict) -> None:
             truncate_metrics(to)
         if world > 1:
             dist.barrier()
+        win_loss, win_tokens, win_steps, t0 = 0.0, 0.0, 0, time.perf_counter()
 
     if step == 0:
         v0 = val_loss()
@@ -247,12 +249,11 @@ def train_loop_per_worker(config: dict) -> None:
         gl, gt, trips = all_sum([step_loss, step_tokens, float(watchdog.tripped.is_set())])
         gl /= world
         act = guard.on_step(step, gl)
-        if act.kind in ("rollback", "stop"):
-            log_events(act)
-            if act.kind == "stop":
-                break
+        log_events(act)
+        if act.kind == "stop":
+            break
+        if act.kind == "rollback":
             rollback(act)
-            win_loss, win_tokens, win_steps, t0 = 0.0, 0.0, 0, time.perf_counter()
             continue
         win_loss += gl
         win_tokens += gt
@@ -283,11 +284,10 @@ def train_loop_per_worker(config: dict) -> None:
         if do_eval and metrics["val_loss"] is not None:
             act = guard.on_val_loss(step, metrics["val_loss"])
             log_events(act)
-            if act.kind in ("rollback", "stop"):
-                if act.kind == "stop":
-                    break
+            if act.kind == "stop":
+                break
+            if act.kind == "rollback":
                 rollback(act)
-                win_loss, win_tokens, win_steps, t0 = 0.0, 0.0, 0, time.perf_counter()
                 continue
         if do_ckpt:
             guard.on_checkpoint(step)  # every loss since the last one was finite (else we rolled back)
