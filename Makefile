@@ -15,7 +15,7 @@ export RAYFT_CACHE := $(CURDIR)/.cache/rayft
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export MPLBACKEND := Agg
 
-.PHONY: setup run test test-fast bench clean-venv
+.PHONY: setup run lint test test-fast bench clean-venv
 
 setup: $(STAMP)
 
@@ -33,10 +33,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/rayft train --config configs/demo.yaml $(ARGS)
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q -ra --durations=25 $(ARGS)
 
-test-fast: $(STAMP)
+# pyflakes checks (seconds) before the suite (minutes).
+lint: $(STAMP)
+	$(BIN)/ruff check src tests jobs benchmarks
+
+test-fast: lint
 	$(BIN)/python -m pytest -q -ra -m "not slow" $(ARGS)
 
 bench: $(STAMP)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 from ..config import ConfigError, opt, section
 from ..evaluate.guard import GuardCfg

@@ -106,7 +106,6 @@ def run_sweep(scfg: SweepConfig) -> str:
     import ray.data
     from ray import tune
 
-    from .. import _env
     from ..train.launch import _ray_datasets
     from .reaper import Reaper
     from .trial import run_trial
