@@ -9,7 +9,7 @@ import pytest
 from rayft.config import load
 from rayft.curate import filters as F
 from rayft.curate.config import CurateConfig, LanguageCfg, LowValueCfg, NormalizeCfg
-from rayft.curate.reader import WORK_COLUMNS, plan_file, read_task
+from rayft.data.reader import WORK_COLUMNS, plan_file, read_task
 from rayft.curate.synth import _Gen
 from rayft.data.records import detect_language
 

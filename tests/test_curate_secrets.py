@@ -9,7 +9,7 @@ import pytest
 from rayft.curate import synth
 from rayft.curate.config import SecretsCfg
 from rayft.curate.filters import redact_record, secrets_batch
-from rayft.curate.reader import WORK_COLUMNS
+from rayft.data.reader import WORK_COLUMNS
 from rayft.curate.secrets import KINDS, cn_id_ok, find_secrets, luhn_ok, mask
 
 POSITIVE = [

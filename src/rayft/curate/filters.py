@@ -19,7 +19,7 @@ import pyarrow as pa
 from ..data.records import PAIR_COLUMNS, PAIRS_SCHEMA
 from . import dedup as dd
 from .config import CurateConfig, LanguageCfg, LowValueCfg, NormalizeCfg, SecretsCfg
-from .reader import Batch
+from ..data.reader import Batch
 from .secrets import KINDS, find_secrets, mask
 
 TEXT_FIELDS = ("system", "prompt", "response")
@@ -313,7 +313,7 @@ def dedup_keys(b: Batch, cfg: CurateConfig) -> tuple[list[str], list[str], "pa.A
 
 def process_task(task: dict, cfg: CurateConfig) -> pa.Table:
     """One read task end to end (read, per-row filters, dedup keys) -> Arrow table."""
-    from .reader import read_task
+    from ..data.reader import read_task
 
     b = apply_row_filters(read_task(task), cfg)
     hashes, texts, sig = dedup_keys(b, cfg)

@@ -33,7 +33,7 @@ from . import dedup as dd
 from .config import CurateConfig
 from .filters import process_task
 from .ledger import Ledger, lock, write_accepted
-from .reader import file_digest, plan_file
+from ..data.reader import file_digest, plan_file
 
 
 def _process_batch(batch: pa.Table, cfg: dict) -> pa.Table:

@@ -91,10 +91,9 @@ def iter_raw_records(path: str) -> Iterator[tuple[int, Any, str | None]]:
         for i, rec in enumerate(table.to_pylist(), start=1):
             yield i, rec, None
         return
-    data = Path(path).read_bytes()
     if path.endswith(".json"):
         try:
-            obj = json.loads(data.decode("utf-8"))
+            obj = json.loads(Path(path).read_bytes().decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             obj = None  # maybe JSON Lines with a .json name: fall through
         else:
@@ -102,7 +101,13 @@ def iter_raw_records(path: str) -> Iterator[tuple[int, Any, str | None]]:
             for i, rec in enumerate(items, start=1):
                 yield i, rec, None
             return
-    for i, raw in enumerate(data.split(b"\n"), start=1):
+    with open(path, "rb") as f:  # JSON Lines, streamed: check_file stops at the first good row
+        yield from _iter_lines(f)
+
+
+def _iter_lines(f) -> Iterator[tuple[int, Any, str | None]]:
+    for i, raw in enumerate(f, start=1):
+        raw = raw.rstrip(b"\n")
         if not raw.strip():
             continue
         try:
@@ -236,19 +241,26 @@ def _normalize(rec: Any, fmt: str) -> dict:
             "meta": json.dumps(meta, ensure_ascii=False) if meta else ""}
 
 
-def read_file(path: str, fmt: str = "auto") -> ReadResult:
-    """Read one file into canonical rows and rejects (never raises for a bad row)."""
-    res = ReadResult()
-    file_fmt = None if fmt == "auto" else fmt
-    if file_fmt is not None and file_fmt not in FORMATS:
+def check_format(fmt: str) -> None:
+    if fmt != "auto" and fmt not in FORMATS:
         raise DataError(f"data.format: unknown format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
+
+
+def undetected(rec: Any) -> str:
+    return ("cannot detect the format from this record's fields "
+            f"{sorted(rec) if isinstance(rec, dict) else type(rec).__name__}; expected one of "
+            "original_subtitles/viral_subtitles, prompt/response, instruction/output, conversations")
+
+
+def _iter_rows(path: str, fmt: str) -> Iterator[tuple[int, Any, dict | None, str | None, str | None]]:
+    """(line, raw record, canonical row or None, reject reason or None, file format so far)."""
+    file_fmt = None if fmt == "auto" else fmt
     for line, rec, err in iter_raw_records(path):
+        row = None
         if err is None and file_fmt is None:
             file_fmt = detect_record_format(rec)
             if file_fmt is None:
-                err = ("cannot detect the format from this record's fields "
-                       f"{sorted(rec) if isinstance(rec, dict) else type(rec).__name__}; expected one of "
-                       "original_subtitles/viral_subtitles, prompt/response, instruction/output, conversations")
+                err = undetected(rec)
         if err is None:
             try:
                 row = _normalize(rec, file_fmt)
@@ -256,12 +268,41 @@ def read_file(path: str, fmt: str = "auto") -> ReadResult:
                 err = str(e)
             else:
                 row.update(file=path, line=line)
-                res.rows.append(row)
-                continue
-        res.rejects.append({"file": path, "line": line, "reason": err, "record": rec})
+        yield line, rec, row, err, file_fmt
+
+
+def read_file(path: str, fmt: str = "auto") -> ReadResult:
+    """Read one file into canonical rows and rejects (never raises for a bad row)."""
+    check_format(fmt)
+    res = ReadResult()
+    file_fmt = None
+    for line, rec, row, err, file_fmt in _iter_rows(path, fmt):
+        if row is not None:
+            res.rows.append(row)
+        else:
+            res.rejects.append({"file": path, "line": line, "reason": err, "record": rec})
     res.files[path] = {"format": file_fmt or "unknown", "read": len(res.rows) + len(res.rejects),
                        "kept": len(res.rows), "rejected": len(res.rejects)}
     return res
+
+
+def check_file(path: str, fmt: str = "auto") -> str:
+    """The file's format, read only up to its first valid row (cheap for a good file);
+    DataError naming the first problem when it has no valid row at all."""
+    first = None
+    for line, _rec, row, err, file_fmt in _iter_rows(path, fmt):
+        if row is not None:
+            return file_fmt
+        first = first or (line, err)
+    why = f"; first problem at line {first[0]}: {first[1]}" if first else " (file is empty)"
+    raise DataError(f"{path}: no valid rows{why}")
+
+
+def check_pairs(spec: str | list[str], fmt: str = "auto") -> dict[str, str]:
+    """Driver-side checks before any Ray work: every file exists, the format is known and
+    each file has at least one valid row. Returns path -> detected format."""
+    check_format(fmt)
+    return {path: check_file(path, fmt) for path in resolve_paths(spec)}
 
 
 def read_pairs(spec: str | list[str], fmt: str = "auto", require_rows: bool = True) -> ReadResult:

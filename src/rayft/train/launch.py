@@ -1,7 +1,9 @@
 """TrainConfig -> a Ray Train TorchTrainer run -> a run directory.
 
-Everything that can fail on bad input (config, files, rows, model name) is checked
-here on the driver BEFORE Ray starts, so the user gets one clear message.
+What can fail on bad input (config, missing files, unknown format, a file without a
+valid row, model name, memory/DeepSpeed preflight) is checked on the driver BEFORE Ray
+starts, so the user gets one clear message. Then Ray Data reads the rows (bad rows ->
+rejects), and tokenizes them.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from pathlib import Path
 
 from .. import _env
 from ..config import ConfigError, to_dict
-from ..data.formats import DataError, ReadResult, read_pairs
+from ..data.formats import DataError, ReadResult, check_pairs
+from ..data.ray_read import read_pairs_ray
 from ..data.records import content_hash, rows_to_table, split_of
 from ..storage import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from .config import TrainConfig
@@ -32,11 +35,34 @@ class Prepared:
     stats: dict
 
 
-def prepare(cfg: TrainConfig) -> Prepared:
-    """Read, validate and split the data; resolve the model. No Ray."""
+def run_dir_of(cfg: TrainConfig) -> Path:
+    return Path(os.path.expanduser(cfg.run.dir)) / cfg.run.name
+
+
+def check_inputs(cfg: TrainConfig) -> str:
+    """What must fail before Ray starts, on the driver: every data file exists, the
+    format is known, each file has a valid row (read only up to it); the model
+    resolves. Returns the model source."""
     from ..models.load import ModelError, resolve_source
 
-    res = read_pairs(cfg.data.path, cfg.data.format)
+    check_pairs(cfg.data.path, cfg.data.format)
+    if cfg.data.val_path:
+        check_pairs(cfg.data.val_path, cfg.data.format)
+    try:
+        return resolve_source(cfg.model.name)
+    except ModelError as e:
+        raise ConfigError(str(e)) from None
+
+
+def prepare(cfg: TrainConfig, read=None, source: str | None = None) -> Prepared:
+    """Check, read, validate and split the data; resolve the model.
+
+    ``read`` defaults to ``read_pairs_ray`` (Ray Data tasks; needs a running Ray);
+    ``formats.read_pairs`` reads in this process (the plain-loop benchmark's baseline).
+    """
+    source = source or check_inputs(cfg)
+    read = read or read_pairs_ray
+    res = read(cfg.data.path, cfg.data.format)
     rows = res.rows
     lang_skipped = 0
     if cfg.data.language:
@@ -52,7 +78,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
         if not rows:
             raise DataError(f"data.language={cfg.data.language!r}: no rows of that language in {cfg.data.path}")
     if cfg.data.val_path:
-        val_res = read_pairs(cfg.data.val_path, cfg.data.format)
+        val_res = read(cfg.data.val_path, cfg.data.format)
         train_rows, val_rows = rows, val_res.rows
         res.rejects.extend(val_res.rejects)
     else:
@@ -64,15 +90,11 @@ def prepare(cfg: TrainConfig) -> Prepared:
     if len(train_rows) < need:
         raise DataError(f"{len(train_rows)} training rows after the split; need at least "
                         f"scaling.num_workers x train.batch_size = {need}")
-    try:
-        source = resolve_source(cfg.model.name)
-    except ModelError as e:
-        raise ConfigError(str(e)) from None
     for i, r in enumerate(train_rows):
         r["row_idx"] = i
     for i, r in enumerate(val_rows):
         r["row_idx"] = i
-    run_dir = Path(os.path.expanduser(cfg.run.dir)) / cfg.run.name
+    run_dir = run_dir_of(cfg)
     stats = {"rows_read": res.rows_read + (len(val_rows) if cfg.data.val_path else 0),
              "rows_rejected": len(res.rejects), "rows_other_language": lang_skipped,
              "train_rows": len(train_rows), "val_rows": len(val_rows), "files": res.files}
@@ -266,10 +288,12 @@ def run_training(cfg: TrainConfig, prepared: Prepared | None = None, datasets: t
     """
     _env.apply()
     t_start = time.time()
-    p = prepared if prepared is not None else prepare(cfg)
-    run_dir = p.run_dir
+    run_dir = prepared.run_dir if prepared is not None else run_dir_of(cfg)
+    source = prepared.source if prepared is not None else check_inputs(cfg)  # bad files/model: before Ray
     from .preflight import preflight
-    checked = preflight(cfg, p.source, run_dir.resolve())  # memory/DeepSpeed refusals: before Ray starts
+    checked = preflight(cfg, source, run_dir.resolve())  # memory/DeepSpeed refusals: before Ray starts
+    _env.ray_start(log_to_driver=True)
+    p = prepared if prepared is not None else prepare(cfg, source=source)  # read + tokenize-ready tables, with Ray Data
     if cfg.run.overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -283,7 +307,6 @@ def run_training(cfg: TrainConfig, prepared: Prepared | None = None, datasets: t
           f"{cfg.scaling.num_workers} workers x {cfg.scaling.cpus_per_worker:g} CPU"
           + (f" | resuming from step {start_step}" if prev else ""), file=sys.stderr)
 
-    _env.ray_start(log_to_driver=True)
     bar = _Progress(run_dir / "metrics.jsonl", cfg.train.max_steps, start_step)
     bar.start()
     try:

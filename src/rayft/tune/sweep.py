@@ -36,13 +36,15 @@ def trial_dirname(trial) -> str:
 
 def _prepare_data(plan: Plan) -> dict:
     """data_key -> (train config, Prepared) for every data variant; DataError/ConfigError on bad data."""
-    from ..train.launch import prepare
+    from ..train.launch import check_inputs, prepare
 
     out = {}
     bs = next((p.values for p in plan.params if p.key == "train.batch_size"), [plan.base_cfg.train.batch_size])
-    for variant in data_variants(plan.params):
-        cfg = trial_config(plan.base, variant)
-        p = prepare(cfg)
+    variants = [(trial_config(plan.base, v), v) for v in data_variants(plan.params)]
+    sources = [check_inputs(cfg) for cfg, _ in variants]  # bad files/model of any variant: before Ray starts
+    _env.ray_start(log_to_driver=True)
+    for (cfg, _), source in zip(variants, sources):
+        p = prepare(cfg, source=source)  # Ray Data read
         need = cfg.scaling.num_workers * max(bs)
         if p.stats["train_rows"] < need:
             raise DataError(f"{p.stats['train_rows']} training rows; train.batch_size up to {max(bs)} x "
@@ -100,7 +102,7 @@ def run_sweep(scfg: SweepConfig) -> str:
     saved = sweep_dir / "sweep.json"
     if saved.is_file():
         check_resumable(plan, json.loads(saved.read_text()))
-    data = _prepare_data(plan)
+    data = _prepare_data(plan)  # checks every data variant, then starts Ray and reads with Ray Data
 
     import ray
     import ray.data
@@ -110,7 +112,6 @@ def run_sweep(scfg: SweepConfig) -> str:
     from .reaper import Reaper
     from .trial import run_trial
 
-    _env.ray_start(log_to_driver=True)
     per_trial = trial_resources(plan.base_cfg, scfg.sweep.trial_cpus, scfg.sweep.trial_memory_gb)
     concurrency = max_concurrency(per_trial, ray.cluster_resources(), scfg.sweep.max_concurrent)
     sweep_dir.mkdir(parents=True, exist_ok=True)

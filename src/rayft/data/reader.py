@@ -13,9 +13,9 @@ import json
 import os
 from typing import Any
 
-from ..data.formats import FORMATS, RowError, detect_record_format, iter_raw_records
-from ..data.formats import _normalize as normalize_record  # one record -> canonical fields
-from ..data.records import PAIR_COLUMNS
+from .formats import FORMATS, RowError, detect_record_format, iter_raw_records, undetected
+from .formats import _normalize as normalize_record  # one record -> canonical fields
+from .records import PAIR_COLUMNS
 
 WORK_COLUMNS = PAIR_COLUMNS + ["_raw", "_filter", "_reason", "_masked", "_golden"]
 Batch = dict[str, list]
@@ -113,6 +113,7 @@ def read_task(task: dict) -> Batch:
     out = empty_batch()
     fmt = None if task["fmt"] == "auto" else task["fmt"]
     golden = bool(task.get("golden"))
+    defer = task.get("defer_language", True)  # curate detects language later, vectorised
 
     def add(row: dict, raw: str, err: str | None) -> None:
         for c in PAIR_COLUMNS:
@@ -128,16 +129,14 @@ def read_task(task: dict) -> Batch:
             if err is None and fmt is None:
                 fmt = detect_record_format(rec)
                 if fmt is None:
-                    err = ("cannot detect the format from this record's fields "
-                           f"{sorted(rec) if isinstance(rec, dict) else type(rec).__name__}; expected one of "
-                           "original_subtitles/viral_subtitles, prompt/response, instruction/output, conversations")
+                    err = undetected(rec)
             row: dict[str, Any] = {"file": task["path"], "line": line}
             if err is None:
                 if fmt not in FORMATS:
                     err = f"unknown format {fmt!r}"
                 else:
                     try:
-                        row.update(normalize_record(_defer_language(rec), fmt))
+                        row.update(normalize_record(_defer_language(rec) if defer else rec, fmt))
                     except RowError as e:
                         err = str(e)
                     except (ValueError, TypeError, KeyError, AttributeError) as e:  # odd data, not a crash
