@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..config import ConfigError, opt
-
-HIGHER_IS_BETTER = {"similarity": True, "loss": False, "perplexity": False}
+from ..metric_direction import HIGHER_IS_BETTER
 
 
 @dataclass

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..metric_direction import HIGHER_IS_BETTER
 from .fs import sha256_file
 
 ALIASES = ("champion", "previous")
@@ -74,7 +75,6 @@ def score_of(ev: dict | None) -> dict | None:
     """The scalar keep-best-N ranks by: the candidate's golden score under the gate's metric."""
     if not ev or not ev.get("metrics"):
         return None
-    from ..evaluate.gate import HIGHER_IS_BETTER
     metric = (ev.get("gate") or {}).get("golden_metric", "similarity")
     val = ev["metrics"].get("candidate", {}).get("golden", {}).get(metric)
     return {"metric": f"golden.{metric}", "value": val, "higher_is_better": HIGHER_IS_BETTER[metric]}
