@@ -64,7 +64,7 @@ class InProcess:
     """The baseline: the same Engine + adapter, called directly in this process."""
 
     def __init__(self, uri: str, version: str, model: str, max_tokens: int, threads: int):
-        from rayft.evaluate.loader import base_spec
+        from rayft.models.spec import base_spec
         from rayft.registry import Registry
         from rayft.serve.engine import Engine
 

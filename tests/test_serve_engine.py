@@ -98,7 +98,7 @@ def test_router_forms_and_hot_swap(reg):
 
 def test_engine_multiplexes_adapters_exactly(reg):
     """Adapters attached side by side on one base answer exactly like each alone."""
-    from rayft.evaluate.loader import base_spec, load_spec, manifest_spec
+    from rayft.models.spec import base_spec, load_spec, manifest_spec
 
     eng = Engine(base_spec("tiny-qwen2", 0), threads=1)
     req = {"kind": "chat", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 12,

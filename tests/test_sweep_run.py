@@ -83,7 +83,7 @@ def test_asha_sweep_results_best_trial_and_plot(ray_session, tmp_path, capsys):
     curve = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in curve if m.get("val_loss") is not None] == [0, 2, 4, 6, 8]
     # handed straight to `rayft eval`: its loader accepts the run dir and the adapter loads
-    from rayft.evaluate.loader import load_spec, run_spec
+    from rayft.models.spec import load_spec, run_spec
     model, tok = load_spec(run_spec(run_dir))
     assert model is not None and tok is not None
 

@@ -22,7 +22,7 @@ from ..storage import atomic_write_json
 from . import data as eval_data
 from .config import EvalConfig
 from .gate import decide
-from .loader import base_spec, manifest_spec, run_spec
+from ..models.spec import base_spec, manifest_spec, run_spec
 from .metrics import summarize
 from .scorer import Scorer, Similarity, lexical_similarity
 

@@ -19,7 +19,7 @@ class Scorer:
                  generate: bool = True, threads: int = 1, system_prompt: str | None = None):
         import torch
 
-        from .loader import load_spec
+        from ..models.spec import load_spec
 
         torch.set_num_threads(max(1, threads))
         self.model, self.tok = load_spec(spec)

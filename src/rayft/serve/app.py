@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from ..config import ConfigError, from_dict, to_dict
-from ..evaluate.loader import base_spec
+from ..models.spec import base_spec
 from ..registry import IntegrityError, Registry, RegistryError
 from . import openai_api as oa
 from .config import ServeConfig

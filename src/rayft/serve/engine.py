@@ -43,7 +43,7 @@ class Engine:
     def __init__(self, base: dict | None, threads: int = 1):
         import torch
 
-        from ..evaluate.loader import load_base, load_tokenizer_for
+        from ..models.spec import load_base, load_tokenizer_for
 
         torch.set_num_threads(max(1, threads))
         self.base_spec = base
@@ -78,7 +78,7 @@ class Engine:
 
     def load(self, model_id: str, manifest: dict, local: Path) -> Loaded:
         """Attach a verified registry version (``local`` holds its artifacts)."""
-        from ..evaluate.loader import load_spec, manifest_spec
+        from ..models.spec import load_spec, manifest_spec
 
         spec = manifest_spec(manifest, local, model_id)
         if manifest["kind"] == "full":

@@ -60,7 +60,7 @@ def manifest_spec(manifest: dict, local_dir: Path, label: str) -> dict:
 
 
 def load_tokenizer_for(spec: dict):
-    from ..models.load import load_tokenizer, resolve_source
+    from .load import load_tokenizer, resolve_source
     tok = load_tokenizer(spec["tokenizer"] or resolve_source(spec["base"]), spec["trust_remote_code"])
     tok.padding_side = "right"
     return tok
@@ -68,13 +68,13 @@ def load_tokenizer_for(spec: dict):
 
 def load_base(spec: dict, tok):
     """The spec's base model in float32, eval mode (random-init presets rebuilt from the seed)."""
-    from ..models.load import load_model, resolve_source
+    from .load import load_model, resolve_source
     return load_model(resolve_source(spec["base"]), tok, "float32", spec["trust_remote_code"], spec["seed"]).eval()
 
 
 def load_spec(spec: dict):
     """(model, tokenizer) ready for inference on CPU."""
-    from ..models.load import load_model
+    from .load import load_model
 
     tok = load_tokenizer_for(spec)
     if spec["full"]:
