@@ -1,7 +1,16 @@
 """Host the registry champions behind an OpenAI-compatible API on Ray Serve.
 
-    RAYFT_API_KEY=secret ray job submit --working-dir . -- python jobs/serve.py \
-        --config configs/serve.yaml registry=runs/registry
+The API key must reach the JOB's process: an environment variable set in front of
+``ray job submit`` stays on the submitting machine. Pass it in the job's runtime
+environment (the value is expanded by your shell; note that Ray keeps runtime_env with the
+job, so anyone who can list the cluster's jobs can read it)::
+
+    ray job submit --working-dir . --runtime-env-json "{\"env_vars\": {\"RAYFT_API_KEY\": \"$RAYFT_API_KEY\"}}" -- python jobs/serve.py --config configs/serve.yaml registry=runs/registry
+
+or, better, keep it in a file on the cluster's nodes and pass its path (only the path
+travels with the job)::
+
+    ray job submit --working-dir . -- python jobs/serve.py --config configs/serve.yaml registry=runs/registry api_key_file=/etc/rayft/api_key
 
 Same arguments and function as ``rayft serve``. Under ``ray job submit`` the app is
 deployed on the job's cluster (RAY_ADDRESS); set ``blocking=false`` to deploy and exit

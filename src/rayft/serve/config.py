@@ -22,6 +22,8 @@ class ServeConfig:
     route_prefix: str = opt("/", "HTTP route prefix of the application")
     api_key: str = opt("", "bearer token clients must send (prefer api_key_env: this one ends up in files)")
     api_key_env: str = opt("RAYFT_API_KEY", "environment variable holding the bearer token (used when set)")
+    api_key_file: str = opt("", "file holding the bearer token (first line; e.g. a secret mounted on the "
+                            "cluster); used when api_key_env is not set")
     replicas: int = opt(1, "replicas per base-model deployment")
     num_cpus: float = opt(1.0, "CPUs per model replica (fractional allowed)")
     torch_threads: int = opt(0, "torch threads per model replica (0: from num_cpus)")
@@ -29,6 +31,15 @@ class ServeConfig:
     alias_refresh_s: float = opt(1.0, "how often the gateway re-reads the registry aliases (hot swap delay)")
     max_tokens_default: int = opt(64, "max_tokens when a request does not set it")
     max_tokens_limit: int = opt(512, "largest max_tokens a request may ask for")
+    max_prompt_tokens: int = opt(0, "longest prompt in tokens; longer ones get HTTP 400 before generation "
+                                 "(0: the model's context length minus the request's max_tokens)")
+    queue_timeout_s: float = opt(30.0, "how long a request waits for a replica busy with another model version "
+                                 "before HTTP 503 with Retry-After")
+    allow_unpromoted_versions: bool = opt(False, "also serve versions the gate did not accept when a request "
+                                          "names them (default: only champion, previous and accepted versions)")
+    load_retry_s: float = opt(5.0, "first retry delay after a champion fails to load (doubles each time, "
+                              "at most 300 s)")
+    api_docs: bool = opt(False, "serve /openapi.json and /docs (off: they describe the API to anyone)")
     blocking: bool = opt(True, "keep `rayft serve` in the foreground until Ctrl-C (false: deploy and return)")
 
     def validate(self) -> None:
@@ -44,11 +55,24 @@ class ServeConfig:
         if self.replicas < 1 or self.num_cpus <= 0 or self.max_tokens_default < 1 \
                 or self.max_tokens_limit < self.max_tokens_default:
             raise ConfigError("need replicas >= 1, num_cpus > 0, 1 <= max_tokens_default <= max_tokens_limit")
+        if self.max_prompt_tokens < 0 or not self.queue_timeout_s >= 0 or not self.load_retry_s > 0:
+            raise ConfigError("need max_prompt_tokens >= 0, queue_timeout_s >= 0, load_retry_s > 0")
 
     def resolved_key(self) -> str:
-        """The API key in force: $api_key_env when set, else api_key ('' = no auth)."""
+        """The API key in force: $api_key_env when set, else the first line of api_key_file,
+        else api_key ('' = no auth)."""
         import os
-        return (os.environ.get(self.api_key_env) if self.api_key_env else None) or self.api_key
+        key = (os.environ.get(self.api_key_env) if self.api_key_env else None) or ""
+        if not key.strip() and self.api_key_file:
+            path = os.path.expanduser(self.api_key_file)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    key = f.readline()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"api_key_file: cannot read {path}: {type(e).__name__}") from None
+            if not key.strip():
+                raise ConfigError(f"api_key_file: {path} is empty")
+        return key.strip() or self.api_key
 
     def check_bind(self) -> None:
         """Refuse to expose an unauthenticated server beyond this machine."""

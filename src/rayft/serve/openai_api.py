@@ -11,10 +11,15 @@ and sent as server-sent events (one content chunk), which streaming clients acce
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 
 MAX_BODY = 1 << 20
+MAX_DEPTH = 32  # JSON nesting; a chat request needs 4 (body > messages > message > content part)
+MAX_INT_DIGITS = 20  # int64 has 19 digits (+ sign)
+MIN_TEMPERATURE = 1e-3  # below this, logits / temperature overflow float32: treated as greedy (0)
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
 ROLES = ("system", "user", "assistant")
 
 
@@ -22,23 +27,80 @@ class ApiError(Exception):
     """An HTTP error with an OpenAI-shaped body."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None, retry_after: int | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.retry_after = retry_after
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
+    def headers(self) -> dict:
+        h = {}
+        if self.status == 401:
+            h["WWW-Authenticate"] = "Bearer"
+        if self.status in (429, 503):
+            h["Retry-After"] = str(self.retry_after or 1)
+        return h
+
+    def response(self):
+        from fastapi.responses import JSONResponse
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers())
+
+
+def _bad_constant(name: str):
+    raise ApiError(400, f"request body is not valid JSON: {name} is not a JSON number")
+
+
+def _int(s: str) -> int:
+    if len(s) > MAX_INT_DIGITS:
+        raise ApiError(400, f"request body has an integer with {len(s)} digits (at most {MAX_INT_DIGITS})")
+    return int(s)
+
+
+def _float(s: str) -> float:
+    v = float(s)
+    if not math.isfinite(v):
+        raise ApiError(400, f"request body has a number out of range ({s[:20]})")
+    return v
+
+
+def _check_tree(body) -> None:
+    """Iteratively: nesting depth <= MAX_DEPTH and every string (keys too) is valid Unicode
+    (no lone surrogates such as "\\ud800", which the tokenizer cannot encode)."""
+    stack = [(body, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(400, "request body has a string that is not valid Unicode (lone surrogate)") from None
+            continue
+        if depth > MAX_DEPTH:
+            raise ApiError(400, f"request body is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(v, dict):
+            stack.extend((x, depth + 1) for kv in v.items() for x in kv)
+        elif isinstance(v, list):
+            stack.extend((x, depth + 1) for x in v)
+
 
 def parse_body(raw: bytes) -> dict:
+    """The request's JSON object, strictly: no NaN/Infinity, no out-of-range numbers, no
+    thousand-digit integers, bounded nesting, valid Unicode; anything else is a 400."""
     if len(raw) > MAX_BODY:
         raise ApiError(413, f"request body is larger than {MAX_BODY} bytes")
     try:
-        body = json.loads(raw or b"")
+        body = json.loads(raw or b"", parse_constant=_bad_constant, parse_int=_int, parse_float=_float)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(400, f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ApiError(400, f"request body is nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as e:  # e.g. a number the parser cannot convert
+        raise ApiError(400, f"request body is not valid JSON: {str(e)[:100]}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
+    _check_tree(body)
     return body
 
 
@@ -60,8 +122,9 @@ def _num(body: dict, key: str, lo: float, hi: float, default, kind=float):
     v = body.get(key, default)
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and int(v) != v):
-        raise ApiError(400, f"'{key}' must be a{'n integer' if kind is int else ' number'}", param=key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+            or (kind is int and int(v) != v):
+        raise ApiError(400, f"'{key}' must be a{'n integer' if kind is int else ' finite number'}", param=key)
     if not lo <= v <= hi:
         raise ApiError(400, f"'{key}' must be between {lo} and {hi}, got {v}", param=key)
     return kind(v)
@@ -70,7 +133,7 @@ def _num(body: dict, key: str, lo: float, hi: float, default, kind=float):
 def sampling(body: dict, default_max: int, limit: int) -> dict:
     """Generation parameters shared by both endpoints."""
     model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
+    if not isinstance(model, str) or not model.strip() or len(model) > 256:
         raise ApiError(400, "'model' is required: a served model line (e.g. en), line:alias, line:version, "
                             "or auto", param="model")
     stop = body.get("stop")
@@ -86,10 +149,14 @@ def sampling(body: dict, default_max: int, limit: int) -> dict:
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false", param="stream")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ApiError(400, "'seed' must be an integer", param="seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                             or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
+        raise ApiError(400, f"'seed' must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}]", param="seed")
+    temperature = _num(body, "temperature", 0.0, 2.0, 0.0)
+    if temperature < MIN_TEMPERATURE:
+        temperature = 0.0  # e.g. 1e-40: logits / t would be inf -> NaN probabilities; greedy is the limit
     return {"model": model.strip(), "max_tokens": _num(body, max_key, 1, limit, default_max, int),
-            "temperature": _num(body, "temperature", 0.0, 2.0, 0.0), "top_p": _num(body, "top_p", 0.0, 1.0, 1.0),
+            "temperature": temperature, "top_p": _num(body, "top_p", 0.0, 1.0, 1.0),
             "stop": stop or [], "seed": seed, "stream": stream}
 
 
