@@ -28,7 +28,8 @@ from rayft.cli import STAGES  # noqa: E402
 from rayft.config import load  # noqa: E402
 from rayft.curate import dedup as dd  # noqa: E402
 from rayft.curate import filters as F  # noqa: E402
-from rayft.curate import score, synth  # noqa: E402
+from rayft.testing import curate_score as score  # noqa: E402
+from rayft.testing import pairs as synth  # noqa: E402
 from rayft.curate.config import CurateConfig  # noqa: E402
 from rayft.curate.secrets import find_secrets, mask  # noqa: E402
 

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from rayft import _env  # noqa: E402
-from rayft.curate import synth  # noqa: E402
+from rayft.testing import pairs as synth  # noqa: E402
 from rayft.data.formats import read_pairs  # noqa: E402
 from rayft.data.ray_read import read_pairs_ray  # noqa: E402
 

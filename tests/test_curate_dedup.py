@@ -7,11 +7,11 @@ from itertools import combinations
 import numpy as np
 
 from rayft.curate import dedup as dd
-from rayft.curate.synth import _Gen, edit
+from rayft.testing.pairs import PairGenerator, edit
 
 
 def test_minhash_estimates_jaccard_for_en_and_zh():
-    g, r = _Gen(5), random.Random(5)
+    g, r = PairGenerator(5), random.Random(5)
     errs = []
     for lang in ("en", "zh"):
         for _ in range(150):
@@ -60,7 +60,7 @@ def test_greedy_representatives_keep_earliest_and_never_chain():
 
 
 def test_near_duplicates_recall_and_precision_on_edited_copies():
-    g, r = _Gen(11), random.Random(11)
+    g, r = PairGenerator(11), random.Random(11)
     originals = [g.text(r.choice(["en", "zh"]), 2, 4) for _ in range(300)]
     copies = [(k, edit(r, originals[k], "zh" if any("\u4e00" <= c <= "\u9fff" for c in originals[k]) else "en",
                        r.randint(1, 12))) for k in r.sample(range(300), 150)]

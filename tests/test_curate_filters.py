@@ -10,7 +10,7 @@ from rayft.config import load
 from rayft.curate import filters as F
 from rayft.curate.config import CurateConfig, LanguageCfg, LowValueCfg, NormalizeCfg
 from rayft.data.reader import WORK_COLUMNS, plan_file, read_task
-from rayft.curate.synth import _Gen
+from rayft.testing.pairs import PairGenerator
 from rayft.data.records import detect_language
 
 
@@ -104,7 +104,7 @@ def test_language_routing_metadata_wins_then_detection():
 
 
 def test_fast_language_detection_matches_records():
-    g, r = _Gen(3), random.Random(1)
+    g, r = PairGenerator(3), random.Random(1)
     texts = [g.text(r.choice(["en", "zh"]), 1, 2) + " " + g.text("en", 0, 1) for _ in range(500)]
     texts += ["", "123 !!", "ab 中文", "ｶﾀｶﾅ", "한국어 text", "・・・ab", "Ⅷ abc 中", "ﾟ"]
     assert [F.detect_language_fast(t) for t in texts] == [detect_language(t) for t in texts]

@@ -15,14 +15,27 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from rayft.curate import synth
+from rayft.testing import pairs as synth
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _cmd(inp: Path, out: Path, addr: str, job: bool = False) -> list[str]:
-    entry = [str(REPO / "jobs" / "curate.py")] if job else ["-m", "rayft.cli", "curate"]
+# `rayft curate` with Ledger.commit held back: prints PAUSED once the outputs are published, then waits to be killed.
+_PAUSED_CLI = """import sys, time
+from rayft.curate.ledger import Ledger
+def commit(self, run_id, *a, **k):
+    print(f"PAUSED: outputs of {run_id} in place, ledger not committed", flush=True)
+    time.sleep(120)
+Ledger.commit = commit
+from rayft.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _cmd(inp: Path, out: Path, addr: str, job: bool = False, paused: bool = False) -> list[str]:
+    entry = ([str(REPO / "jobs" / "curate.py")] if job else ["-c", _PAUSED_CLI, "curate"] if paused
+             else ["-m", "rayft.cli", "curate"])
     return [sys.executable, *entry, "--config", str(REPO / "configs" / "curate.yaml"), f"input={inp}",
             f"output={out}", f"ray.address={addr}"]
 
@@ -78,13 +91,13 @@ def _two_step_inbox(base: Path, files) -> tuple[Path, Path]:
 def test_kill_between_outputs_and_ledger_commit(dataset, tmp_path):
     files, addr, ref_state, _ = dataset
     inbox, out = _two_step_inbox(tmp_path, files)
-    env = dict(os.environ, RAYFT_CURATE_PAUSE_BEFORE_COMMIT="120", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(_cmd(inbox, out, addr), cwd=REPO, env=env, stdout=subprocess.PIPE,
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(_cmd(inbox, out, addr, paused=True), cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     try:
         deadline = time.time() + 180
         for line in proc.stdout:  # wait until the outputs are in place and the ledger is not committed
-            if "RAYFT_CURATE_PAUSE_BEFORE_COMMIT" in line or time.time() > deadline:
+            if line.startswith("PAUSED:") or time.time() > deadline:
                 break
         assert list(out.glob("*/*/part-r0002-*.parquet"))  # r0002 outputs are visible ...
         assert [r["run"] for r in json.loads((out / "_ledger" / "ledger.json").read_text())["runs"]] == ["r0001"]

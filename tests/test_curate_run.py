@@ -11,7 +11,8 @@ import pytest
 
 from rayft.cli import STAGES
 from rayft.config import load
-from rayft.curate import score, synth
+from rayft.testing import curate_score as score
+from rayft.testing import pairs as synth
 from rayft.curate.config import CurateConfig
 from rayft.curate.output import FILTERS
 from rayft.curate.run import run_curate

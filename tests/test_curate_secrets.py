@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from rayft.curate import synth
+from rayft.testing import pairs as synth
 from rayft.curate.config import SecretsCfg
 from rayft.curate.filters import redact_record, secrets_batch
 from rayft.data.reader import WORK_COLUMNS

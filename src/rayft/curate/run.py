@@ -12,13 +12,9 @@ Pipeline (the only module of the stage that touches Ray):
    Ray Data actor pool; train/val/golden assignment;
 4. commit: outputs into ``_staging/<run>``, moved into place, then the ledger
    (see ``rayft.curate.ledger``). Output layout: ``rayft.curate.config`` docstring.
-
-Test hook: ``RAYFT_CURATE_PAUSE_BEFORE_COMMIT=<seconds>`` sleeps after the outputs are in
-place and before the ledger commit (the kill -9 test kills the process there).
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -170,10 +166,6 @@ def run_curate(cfg: CurateConfig) -> str:
         report["golden"]["duplicates_of_earlier_train_rows"] = conflicts
         output.write_report(stage, run_id, report)
         led.publish(run_id)
-        pause = float(os.environ.get("RAYFT_CURATE_PAUSE_BEFORE_COMMIT", "0") or 0)
-        if pause:
-            print(f"RAYFT_CURATE_PAUSE_BEFORE_COMMIT: outputs of {run_id} in place, ledger not committed", flush=True)
-            time.sleep(pause)
         led.commit(run_id, files, {"rows_in": report["rows_in"], "rows_kept": report["rows_kept"],
                                    "rows_rejected": report["rows_rejected"], "minhash": _minhash_params(cfg),
                                    "embed_model": cfg.embed.model})

@@ -48,7 +48,7 @@ FORMATS = ["prompt_response", "sharegpt", "alpaca", "subtitle", "prompt_response
 _ZIPF = [sum(1 / (k + 1) for k in range(i + 1)) for i in range(300)]
 
 
-class _Gen:
+class PairGenerator:
     def __init__(self, seed: int):
         self.r = random.Random(seed)
         r = self.r
@@ -124,7 +124,7 @@ def card_number(r: random.Random, valid: bool = True) -> str:
 
 
 def cn_id(r: random.Random, valid: bool = True) -> str:
-    from .secrets import _ID_CHECK, _ID_WEIGHTS
+    from ..curate.secrets import _ID_CHECK, _ID_WEIGHTS
     area = r.choice(["110101", "310104", "440305", "510107", "330106", "420111", "610113", "210202"])
     birth = f"{r.randint(1950, 2005)}{r.randint(1, 12):02d}{r.randint(1, 28):02d}"
     body = area + birth + f"{r.randint(0, 999):03d}"
@@ -292,7 +292,7 @@ def generate(out: str | Path, n: int = 100_000, seed: int = 0, n_files: int = 10
     """Write ``n`` records over ``n_files`` files under ``out/data`` and ``out/truth.jsonl``."""
     out = Path(out)
     (out / "data").mkdir(parents=True, exist_ok=True)
-    g = _Gen(seed)
+    g = PairGenerator(seed)
     r = g.r
     mix = mix or {"clean": 0.66, "low_value": 0.05, "secret": 0.06, "decoy": 0.06, "exact_dup": 0.07,
                   "near_dup": 0.095, "bad": 0.005}

@@ -1,4 +1,4 @@
-"""Score a curate output against ``synth.generate``'s planted truth: precision/recall per filter.
+"""Score a curate output against ``testing.pairs.generate``'s planted truth: precision/recall per filter.
 
 Pure (no Ray); used by tests and ``benchmarks/curate_bench.py``.
 """
@@ -36,9 +36,9 @@ def read_outputs(out_dir: str | Path) -> tuple[dict, dict]:
 def true_jaccards(truth: dict, ngram: int = 5, fields=("system", "history", "prompt", "response")) -> dict:
     """Exact character n-gram Jaccard of every planted near copy against its original."""
     from ..data.formats import read_file
-    from . import dedup as dd
-    from .config import NormalizeCfg
-    from .filters import normalize_str
+    from ..curate import dedup as dd
+    from ..curate.config import NormalizeCfg
+    from ..curate.filters import normalize_str
 
     ncfg = NormalizeCfg()
     need = {k for k, t in truth.items() if t["kind"] == "near_dup"}
