@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "src"))
 import numpy as np  # noqa: E402
 
 from rayft.config import load  # noqa: E402
-from rayft.frames import synth  # noqa: E402
+from rayft.testing import frames as synth  # noqa: E402
 from rayft.frames.config import FramesConfig  # noqa: E402
 from rayft.frames.decode import decode_batch  # noqa: E402
 from rayft.frames.embed import encode_images, load_clip, model_image_size  # noqa: E402

@@ -7,7 +7,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from rayft.frames import synth
+from rayft.testing import frames as synth
 from rayft.frames.decode import decode_batch, decode_one, reason_kind
 from rayft.frames.run import discover, episode_id
 

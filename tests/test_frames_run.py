@@ -13,7 +13,7 @@ import pytest
 from rayft.cli import STAGES, main
 from rayft.config import ConfigError, load
 from rayft.data.formats import DataError
-from rayft.frames import synth
+from rayft.testing import frames as synth
 from rayft.frames.config import FramesConfig
 from rayft.frames.decode import reason_kind
 from rayft.frames.run import episode_id, run_embed

@@ -1,4 +1,4 @@
-"""Synthetic episodes of frames with recurring characters, plus bad files (tests, demo, bench).
+"""Synthetic episodes of frames with recurring characters, plus bad files (tests and benchmarks).
 
 Each character is a sprite with a fixed body shape, body colour, accent colour and
 marking (eyes, stripe, hat); frames show it in varying pose (rotation, mirror), scale
