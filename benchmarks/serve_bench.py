@@ -48,7 +48,7 @@ def summary(lat_s: list[float], wall: float) -> dict:
 
 
 def build_registry(root: Path, model: str) -> tuple[str, str, str]:
-    from rayft.evaluate.synth import make_run
+    from rayft.testing.runs import make_run
     from rayft.registry import Registry
 
     reg = Registry(str(root / "reg"), "en")

@@ -15,7 +15,7 @@ from rayft.config import ConfigError, load
 from rayft.evaluate.config import EvalConfig
 from rayft.cli import main
 from rayft.evaluate.run import run_eval
-from rayft.evaluate.synth import make_run
+from rayft.testing.runs import make_run
 from rayft.registry import Registry
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]

@@ -1,6 +1,6 @@
 """Registry: versions with lineage, atomic aliases, promote/rollback, keep-best-N, integrity.
 
-Pure file-system tests (no Ray); run directories come from ``rayft.evaluate.synth``.
+Pure file-system tests (no Ray); run directories come from ``rayft.testing.runs``.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from rayft.cli import main
-from rayft.evaluate.synth import make_run
+from rayft.testing.runs import make_run
 from rayft.registry import IntegrityError, Registry, RegistryError
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from rayft.config import ConfigError, load
-from rayft.evaluate.synth import make_run
+from rayft.testing.runs import make_run
 from rayft.registry import Registry
 from rayft.serve import openai_api as oa
 from rayft.serve.config import ServeConfig
@@ -149,3 +149,111 @@ def test_shipped_configs_load():
     assert w1.languages == {"en": "en", "zh": "zh"}
     e = load(EvalConfig, root / "eval.yaml")
     assert e.gate.min_golden_improvement == 0.01 and e.score.similarity == "embedding"
+
+
+# -- hardening (issue 17) ----------------------------------------------------------------------
+CHAT1 = [{"role": "user", "content": "x"}]
+
+
+def test_hostile_bodies_are_400_with_openai_error():
+    """NaN/Infinity, huge numbers, thousand-digit integers, deep nesting, lone surrogates: 400s."""
+    head = b'{"model": "m", "messages": [{"role": "user", "content": "x"}], '
+    cases = {"n NaN": head + b'"n": NaN}', "max_tokens Infinity": head + b'"max_tokens": Infinity}',
+             "max_tokens -Infinity": head + b'"max_tokens": -Infinity}', "1e400": head + b'"n": 1e400}',
+             "4000 digits": head + b'"max_tokens": ' + b"9" * 4000 + b"}",
+             "seed 2**70": head + b'"seed": ' + str(2**70).encode() + b"}",
+             "nested 100k": b'{"model": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+             "nested 40": b'{"model": "m", "x": ' + b"[" * 40 + b"]" * 40 + b"}",
+             "lone surrogate": b'{"model": "m", "messages": [{"role": "user", "content": "a\\ud800b"}]}',
+             "surrogate key": b'{"model": "m", "\\udfff": 1, "messages": [{"role": "user", "content": "x"}]}',
+             "invalid utf-8": head[:-2] + b'"\xff\xfe"}'}
+    for name, raw in cases.items():
+        with pytest.raises(oa.ApiError) as e:
+            oa.parse_chat(oa.parse_body(raw), 16, 64)
+        assert e.value.status == 400, name
+        err = e.value.body()["error"]
+        assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error", name
+    ok = oa.parse_chat({"model": "m", "messages": CHAT1, "seed": 2**63, "n": 1.0, "max_tokens": 5.0}, 16, 64)
+    assert ok["seed"] == 2**63 and ok["max_tokens"] == 5 and isinstance(ok["max_tokens"], int)
+    for bad in (float("nan"), float("inf"), 2**64):  # the same values arriving as Python objects
+        with pytest.raises(oa.ApiError):
+            oa.parse_chat({"model": "m", "messages": CHAT1, "max_tokens": bad, "seed": bad}, 16, 64)
+    # a vanishing temperature is greedy, not logits / 1e-40 = inf -> NaN probabilities
+    assert oa.parse_chat({"model": "m", "messages": CHAT1, "temperature": 1e-40}, 16, 64)["temperature"] == 0.0
+    assert oa.parse_chat({"model": "m", "messages": CHAT1, "temperature": 0.7}, 16, 64)["temperature"] == 0.7
+
+
+def test_router_serves_only_accepted_versions_without_listing(reg, tmp_path, monkeypatch):
+    """A version the gate rejected (or never evaluated) is refused unless allowed; an unknown
+    version id is a direct lookup, never a scan of every manifest."""
+    rej = reg["en"].register(make_run(tmp_path / "rej", noise=0.5, lora_seed=7),
+                             {**_ev(reg["v1"]), "decision": "reject", "reasons": ["FAIL golden"]})["version"]
+    plain = reg["en"].register(make_run(tmp_path / "plain", noise=0.5, lora_seed=8))["version"]
+    r = Router(reg["uri"], ["en", "zh"], {"en": "en", "zh": "zh"}, "en", refresh_s=0.0)
+    for model in (f"en:{rej}", rej, f"en:{plain}"):
+        with pytest.raises(oa.ApiError, match="did not pass the gate") as e:
+            r.resolve(model, "hi")
+        assert e.value.status == 403 and e.value.code == "model_not_servable"
+    assert r.resolve(f"en:{reg['v2']}", "") == ("en", reg["v2"])  # accepted by the gate: served
+    assert r.resolve(f"en:{reg['v1']}", "") == ("en", reg["v1"])  # champion
+    allow = Router(reg["uri"], ["en"], {}, "en", refresh_s=0.0, allow_unpromoted=True)
+    assert allow.resolve(f"en:{rej}", "") == ("en", rej)
+
+    def no_scan(self):
+        raise AssertionError("the request path listed every manifest")
+    monkeypatch.setattr(Registry, "versions", no_scan)
+    for bad in ("v1234567890_abcd", "en:v1234567890_abcd", "en:v9999999999_ffff"):
+        with pytest.raises(oa.ApiError) as e:
+            r.resolve(bad, "")
+        assert e.value.status == 404
+    assert r.resolve(reg["v2"], "") == ("en", reg["v2"])
+
+
+def test_engine_bounds_prompts_and_answers_while_a_long_request_runs(reg):
+    """Over-long prompts are refused before generation; a long generation does not hold up
+    other requests for the same version; another version waits at most queue_timeout_s."""
+    import threading
+    import time
+
+    from rayft.models.spec import base_spec
+    from rayft.serve.engine import EngineBusy
+
+    eng = Engine(base_spec("tiny-qwen2", 0), threads=1, max_prompt_tokens=200, queue_timeout_s=0.5)
+    m, local = reg["en"].fetch(reg["v1"])
+    h1 = eng.load(f"en/{reg['v1']}", m, local)
+    m2, local2 = reg["en"].fetch(reg["v2"])
+    h2 = eng.load(f"en/{reg['v2']}", m2, local2)
+    req = {"kind": "completion", "prompt": "hello there", "max_tokens": 4, "temperature": 0.0, "top_p": 1.0,
+           "stop": [], "seed": None}
+    calls = []
+    forward = eng.base.forward
+    started = threading.Event()
+
+    def slow_forward(*a, **kw):  # the request on thread "long" takes >= 3 s in its first forward
+        calls.append(threading.current_thread().name)
+        if threading.current_thread().name == "long" and not started.is_set():
+            started.set()
+            time.sleep(3.0)
+        return forward(*a, **kw)
+    eng.base.forward = slow_forward
+    with pytest.raises(EngineError, match="too long"):
+        eng.generate(h1, {**req, "prompt": "word " * 400})
+    with pytest.raises(EngineError, match="too long"):  # megabytes refused without tokenizing
+        eng.generate(h1, {**req, "prompt": "x" * (1 << 20)})
+    with pytest.raises(EngineError, match="context"):
+        Engine.generate(eng, h1, {**req, "max_tokens": 4096})
+    assert calls == []  # nothing reached the model
+    expected = eng.generate(h1, req)["text"]
+    long_out = {}
+    t = threading.Thread(target=lambda: long_out.update(eng.generate(h1, {**req, "max_tokens": 8})), name="long")
+    t.start()
+    assert started.wait(30)
+    t0 = time.monotonic()
+    assert eng.generate(h1, req)["text"] == expected  # same version: runs beside the long one
+    assert t.is_alive(), "the short request waited for the long one"
+    with pytest.raises(EngineBusy) as busy:  # another adapter: bounded wait, then 503 + Retry-After
+        eng.generate(h2, req)
+    assert busy.value.retry_after >= 1 and time.monotonic() - t0 < 2.5
+    t.join(60)
+    assert long_out["completion_tokens"] >= 1
+    assert eng.generate(h2, req)["prompt_tokens"] >= 1  # free again

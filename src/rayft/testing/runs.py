@@ -1,4 +1,4 @@
-"""Small finished-run directories without Ray Train, for tests, benchmarks and demos.
+"""Small finished-run directories without Ray Train, for tests and benchmarks.
 
 ``make_run`` writes the same layout ``rayft train`` leaves behind (report.json with the
 resolved config, adapter/ or model/ in safetensors, tokenizer/), for a tiny base model:
