@@ -4,7 +4,7 @@
         --sizes 100000 1000000 --flat-hdbscan 20000 --work benchmarks/out/cluster
 
 For every size: planted embeddings (power-law cluster sizes + 20 % noise, see
-rayft.clustering.synth) are written once as Parquet (path, episode, embedding), then each
+rayft.testing.embeddings) are written once as Parquet (path, episode, embedding), then each
 method runs in a FRESH subprocess through the same code the CLI runs (streaming PCA +
 HDBSCAN, labels.parquet), so its wall time and peak RSS (os.wait4) are its own:
 
@@ -39,7 +39,7 @@ def load_avg() -> str:
 
 
 def spec_for(n: int, seed: int = 0):
-    from rayft.clustering.synth import PlantedSpec
+    from rayft.testing.embeddings import PlantedSpec
 
     return PlantedSpec(n=n, dim=512, n_clusters=100, noise_frac=0.2, min_size=50, seed=seed)
 
@@ -49,7 +49,7 @@ def write_dataset(n: int, root: Path, rows_per_file: int = 100_000) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from rayft.clustering.synth import iter_planted
+    from rayft.testing.embeddings import iter_planted
 
     if (root / "_READY").exists():
         return root
@@ -81,7 +81,7 @@ def ari_from_labels(out: Path, truth: np.ndarray) -> tuple[float, int, float]:
 
 def one(method: str, data: Path, out: Path) -> dict:
     """Runs inside the child process: one method on one dataset."""
-    from rayft.clustering.run import run_cluster
+    from rayft.frames.cluster.run import run_cluster
     from rayft.config import load
     from rayft.frames.config import FramesConfig
 
@@ -100,9 +100,9 @@ def one(method: str, data: Path, out: Path) -> dict:
     # classic hdbscan on the same streaming PCA output as rayft's path
     import hdbscan
 
-    from rayft.clustering.hdbscan_scale import relabel_by_size
-    from rayft.clustering.reduce import ScatterAccumulator, fit_pca
-    from rayft.clustering.run import iter_embeddings, parquet_files
+    from rayft.frames.cluster.hdbscan_scale import relabel_by_size
+    from rayft.frames.cluster.reduce import ScatterAccumulator, fit_pca
+    from rayft.frames.cluster.run import iter_embeddings, parquet_files
 
     cfg = load(FramesConfig, REPO / "configs" / "frames.yaml", [])
     c = cfg.cluster

@@ -9,9 +9,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import minimum_spanning_tree
 from sklearn.metrics import adjusted_rand_score
 
-from rayft.clustering import graph, hdbscan_scale, partition
-from rayft.clustering.reduce import ScatterAccumulator, embeddings_from_arrow, fit_pca
-from rayft.clustering.synth import PlantedSpec, cluster_sizes, planted
+from rayft.frames.cluster import graph, hdbscan_scale, partition
+from rayft.frames.cluster.reduce import ScatterAccumulator, embeddings_from_arrow, fit_pca
+from rayft.testing.embeddings import PlantedSpec, cluster_sizes, planted
 
 
 @pytest.fixture(scope="module")

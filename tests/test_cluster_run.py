@@ -12,7 +12,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from rayft.cli import main
-from rayft.clustering.synth import PlantedSpec, planted
+from rayft.testing.embeddings import PlantedSpec, planted
 
 REPO = Path(__file__).resolve().parents[1]
 

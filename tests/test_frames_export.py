@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from rayft.cli import main
-from rayft.clustering.run import summarize
-from rayft.frames import synth
+from rayft.frames.cluster.run import summarize
+from rayft.testing import frames as synth
 from rayft.frames.decode import decode_batch
 from rayft.frames.embed import ClipEmbedder
 from rayft.frames.run import EpisodeWriter, discover

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from ..config import ConfigError, from_dict
 from ..storage import atomic_write_json, atomic_write_text, is_done, mark_done
 from .contact import contact_sheet, overview
-from .reduce import embeddings_from_arrow, l2_normalize
+from .cluster.reduce import embeddings_from_arrow, l2_normalize
 
 
 def _log(msg: str) -> None:
@@ -88,7 +88,7 @@ def place(src: str, dst: Path, mode: str) -> None:
 
 
 def _model_for(emb_dir: Path, cfg):
-    from ..frames.config import ModelSection
+    from .config import ModelSection
 
     for meta in (emb_dir / "model.json", emb_dir.parent / "model.json"):  # embed root or its embeddings/
         if meta.exists():
@@ -99,8 +99,8 @@ def _model_for(emb_dir: Path, cfg):
 
 def frame_tags(emb_dir: Path, paths: pa.Array, cfg) -> tuple[np.ndarray | None, list[str], str]:
     """Per frame (aligned with ``paths``) zero-shot tag probabilities, or None with a reason."""
-    from ..frames.embed import encode_texts, load_clip
-    from .run import parquet_files
+    from .cluster.run import parquet_files
+    from .embed import encode_texts, load_clip
 
     x = cfg.export
     if not x.tags:

@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..config import ConfigError, to_dict
-from ..storage import atomic_write_json, is_done, mark_done
+from ...config import ConfigError, to_dict
+from ...storage import atomic_write_json, is_done, mark_done
 from .hdbscan_scale import cluster, cluster_medoids
 from .reduce import ScatterAccumulator, embeddings_from_arrow, fit_pca, l2_normalize
 
