@@ -211,7 +211,7 @@ def test_config_file_loads():
 
 
 def test_job_file_joins_the_running_cluster(ray_session, frames, tmp_path):
-    """jobs/embed_frames.py as `ray job submit` runs it: RAY_ADDRESS set, joins that cluster."""
+    """jobs/frames_embed.py as `ray job submit` runs it: RAY_ADDRESS set, joins that cluster."""
     import subprocess
     import sys
 
@@ -221,7 +221,7 @@ def test_job_file_joins_the_running_cluster(ray_session, frames, tmp_path):
         (tmp_path / "in" / "ep" / p.name).write_bytes(p.read_bytes())
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,
            "PYTHONPATH": str(REPO / "src")}
-    res = subprocess.run([sys.executable, str(REPO / "jobs" / "embed_frames.py"), "--config",
+    res = subprocess.run([sys.executable, str(REPO / "jobs" / "frames_embed.py"), "--config",
                           str(REPO / "configs" / "frames.yaml"), f"input={tmp_path / 'in'}",
                           f"output={tmp_path / 'out'}", *TINY], env=env, capture_output=True, text=True,
                          timeout=600)

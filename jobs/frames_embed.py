@@ -1,6 +1,6 @@
 """Embed every frame of every episode folder with open_clip on a Ray cluster.
 
-    ray job submit --working-dir . -- python jobs/embed_frames.py --config configs/frames.yaml \
+    ray job submit --working-dir . -- python jobs/frames_embed.py --config configs/frames.yaml \
         input=/data/frames output=runs/frames/emb
 
 Same arguments as ``rayft frames embed`` (any config key as key=value; `--help` lists
@@ -8,7 +8,7 @@ them). Under ``ray job submit`` the stage joins the job's cluster (RAY_ADDRESS) 
 one embedding actor on each GPU (embed.concurrency to change); otherwise it starts a
 local Ray. Resumable: a resubmit skips episodes that have a _done/ marker. Prints the
 output directory last; <output>/report.json has the counts, rejects and frames/s. Then:
-``rayft frames cluster input=<output> ...`` and ``rayft frames export ...``.
+jobs/frames_cluster.py input=<output> ... and jobs/frames_export.py ... (or ``rayft frames cluster|export``).
 """
 import os
 import sys
