@@ -1,9 +1,19 @@
-"""One base model with many LoRA adapters, generating under a lock. No Ray; the Serve replica
-(``app.ModelServer``) owns one Engine.
+"""One base model with many LoRA adapters. No Ray; the Serve replica (``app.ModelServer``)
+owns one Engine.
 
-Why a lock: the adapters live inside ONE peft model and ``set_adapter`` is global state,
-so two requests must not generate at once with different adapters; on CPU torch already
-uses every thread for one generation, so serializing costs little throughput.
+Concurrency (``ModelGate``): the adapters live inside ONE peft model and ``set_adapter`` is
+global state, so two requests must not generate at once with DIFFERENT adapters. Requests
+for the SAME version (the usual case: all traffic on the champion) generate concurrently,
+each in its own thread with its own KV cache, so one long request does not hold up the
+others. A request for another version waits until the running ones finish, at most
+``queue_timeout_s``; then it gets ``EngineBusy`` (HTTP 503 with Retry-After) instead of an
+unbounded wait. Attaching/deleting adapters and seeded sampling (``torch.manual_seed`` is
+process-global) run alone. Every generation is bounded: prompts longer than
+``max_prompt_tokens`` (default: the model's context length minus ``max_tokens``) are
+refused before generation (HTTP 400), and ``max_tokens`` is capped by the serve config.
+We chose this over a per-token interleaving loop because it keeps transformers'
+``generate`` (no hand-written decoding loop) and over per-request peft ``adapter_names``
+because those install forward hooks on shared modules, which is not thread-safe.
 
 Why deferred unloads: Serve's multiplexing LRU calls a model's ``__del__`` when it evicts
 it, possibly while another request is generating, and Python's GC may call it again
@@ -15,6 +25,7 @@ and a handle whose adapter was already evicted re-attaches it on use.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import re
 import threading
@@ -22,7 +33,60 @@ from pathlib import Path
 
 
 class EngineError(ValueError):
-    """A version this engine cannot host (e.g. a LoRA on a different base model)."""
+    """A version this engine cannot host (e.g. a LoRA on a different base model), or a request
+    it refuses before generating (prompt too long): HTTP 400."""
+
+
+class EngineBusy(RuntimeError):
+    """The replica is generating for another version and did not free up in time: HTTP 503."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ModelGate:
+    """A shared/exclusive gate keyed by model state: holders of the same key run together; a
+    different key waits until they are done (fair: once a different key waits, newcomers for
+    the current key queue behind it). ``on_enter`` runs when a key takes the gate."""
+
+    def __init__(self):
+        self.cv = threading.Condition()
+        self.key: object = None
+        self.active = 0
+        self.waiting: collections.Counter = collections.Counter()
+
+    @contextlib.contextmanager
+    def hold(self, key: object, timeout: float, on_enter=None):
+        def free() -> bool:
+            if self.active == 0:
+                return True
+            return self.key == key and sum(self.waiting.values()) == self.waiting[key]
+
+        with self.cv:
+            self.waiting[key] += 1
+            try:
+                ok = self.cv.wait_for(free, timeout)
+            finally:
+                self.waiting[key] -= 1
+                if not self.waiting[key]:
+                    del self.waiting[key]
+            if not ok:
+                raise EngineBusy(f"the model server is busy with another model version; retry in a few "
+                                 f"seconds (waited {timeout:g} s)", retry_after=max(1, round(timeout)))
+            if self.active == 0:
+                self.key = key
+                if on_enter is not None:
+                    on_enter()
+            self.active += 1
+        try:
+            yield
+        finally:
+            with self.cv:
+                self.active -= 1
+                if self.active == 0:
+                    self.key = None
+                self.cv.notify_all()
 
 
 class Loaded:
@@ -40,14 +104,18 @@ class Loaded:
 
 
 class Engine:
-    def __init__(self, base: dict | None, threads: int = 1):
+    def __init__(self, base: dict | None, threads: int = 1, max_prompt_tokens: int = 0,
+                 queue_timeout_s: float = 30.0):
         import torch
 
         from ..models.spec import load_base, load_tokenizer_for
 
         torch.set_num_threads(max(1, threads))
         self.base_spec = base
-        self.lock = threading.Lock()
+        self.max_prompt_tokens, self.queue_timeout_s = max_prompt_tokens, queue_timeout_s
+        self.gate = ModelGate()
+        self._inflight: collections.Counter[str] = collections.Counter()  # adapter -> requests using it
+        self._mu = threading.Lock()
         self._unload: collections.deque[str] = collections.deque()
         self._ids = itertools.count()
         self.peft = None
@@ -55,19 +123,22 @@ class Engine:
         self.base = load_base(base, self.tok) if base else None
 
     # -- loading -------------------------------------------------------------------------
+    def _exclusive(self):
+        return self.gate.hold(object(), self.queue_timeout_s)
+
     def _drain(self) -> None:
-        """Delete adapters whose handles were evicted. Caller holds the lock."""
+        """Delete adapters whose handles were evicted. Caller holds the gate exclusively."""
         for _ in range(len(self._unload)):
             name = self._unload.popleft()
             if self.peft is None or name not in self.peft.peft_config:
                 continue
-            if len(self.peft.peft_config) == 1 or name in self.peft.active_adapters:
+            if len(self.peft.peft_config) == 1 or name in self.peft.active_adapters or self._inflight[name]:
                 self._unload.append(name)  # peft needs one adapter left / not the active one
                 continue
             self.peft.delete_adapter(name)
 
     def _attach(self, name: str, path: str) -> None:
-        """Caller holds the lock."""
+        """Caller holds the gate exclusively."""
         from peft import PeftModel
 
         if self.peft is None:
@@ -89,7 +160,7 @@ class Engine:
             raise EngineError(f"{model_id} is a LoRA adapter on {manifest['base_model']}, but this replica hosts "
                               f"{self.base_spec and self.base_spec['base']}")
         name = re.sub(r"\W", "_", model_id) + f"_{next(self._ids)}"
-        with self.lock:
+        with self._exclusive():
             self._drain()
             self._attach(name, spec["adapter"])
         return Loaded(self, model_id, manifest, local, name, tok=self.tok)
@@ -111,31 +182,77 @@ class Engine:
         return prompt_text(tok, system, json.dumps(msgs[:-1], ensure_ascii=False) if msgs[:-1] else "",
                            msgs[-1]["content"])
 
+    def context_length(self, h: Loaded) -> int | None:
+        model = h.model if h.model is not None else self.base
+        n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        return int(n) if isinstance(n, int) and n > 0 else None
+
+    def prompt_limit(self, h: Loaded, max_tokens: int) -> int:
+        """Most prompt tokens a request may send: max_prompt_tokens (0 = no own cap) and the
+        model's context length minus the tokens the request may generate."""
+        limits = [self.max_prompt_tokens] if self.max_prompt_tokens > 0 else []
+        ctx = self.context_length(h)
+        if ctx:
+            limits.append(ctx - max_tokens)
+        return min(limits) if limits else 1 << 62
+
     def generate(self, h: Loaded, req: dict) -> dict:
         """{"text", "finish_reason", "prompt_tokens", "completion_tokens"} for one request."""
         import torch
 
         tok = h.tok
-        enc = tok(self.prompt_for(h, req, tok), return_tensors="pt", add_special_tokens=False)
+        text = self.prompt_for(h, req, tok)
+        limit = self.prompt_limit(h, req["max_tokens"])
+        if limit < 1:
+            raise EngineError(f"max_tokens={req['max_tokens']} leaves no room for a prompt in this model's "
+                              f"context of {self.context_length(h)} tokens")
+        if len(text) > 64 * (limit + 16):  # no token is that long: refuse without tokenizing megabytes
+            raise EngineError(f"the prompt is too long: {len(text)} characters; this model accepts at most "
+                              f"{limit} prompt tokens with max_tokens={req['max_tokens']}")
+        enc = tok(text, return_tensors="pt", add_special_tokens=False)
+        n = int(enc["input_ids"].shape[1])
+        if n > limit:
+            raise EngineError(f"the prompt is too long: {n} tokens; this model accepts at most {limit} prompt "
+                              f"tokens with max_tokens={req['max_tokens']} (context {self.context_length(h)}, "
+                              f"max_prompt_tokens {self.max_prompt_tokens or 'unset'})")
+        sample = req["temperature"] > 0
         kw = dict(max_new_tokens=req["max_tokens"], pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        if req["temperature"] > 0:
+        if sample:
             kw.update(do_sample=True, temperature=req["temperature"], top_p=req["top_p"])
         else:
             kw.update(do_sample=False)
-        with self.lock:
-            self._drain()
+        seeded = sample and req.get("seed") is not None
+        with self._mu:
+            if h.adapter:
+                self._inflight[h.adapter] += 1
+        try:
             if h.adapter:
                 if h.adapter not in self.peft.peft_config:  # evicted while this request waited
-                    self._attach(h.adapter, str(h.local / "adapter"))
-                self.peft.set_adapter(h.adapter)
-                model = self.peft
+                    with self._exclusive():
+                        self._drain()
+                        if h.adapter not in self.peft.peft_config:
+                            self._attach(h.adapter, str(h.local / "adapter"))
+                elif self._unload:  # opportunistic: only when the gate is free right now
+                    with contextlib.suppress(EngineBusy), self.gate.hold(object(), 0):
+                        self._drain()
+                model, key = self.peft, ("adapter", h.adapter)
+                enter = lambda: self.peft.set_adapter(h.adapter)  # noqa: E731
             else:
-                model = h.model
-            if req.get("seed") is not None:
-                torch.manual_seed(req["seed"])
-            with torch.no_grad():
-                out = model.generate(**enc, **kw)
-        new = out[0, enc["input_ids"].shape[1]:].tolist()
+                model, key, enter = h.model, ("full", id(h.model)), None
+            # seeded sampling runs alone: torch's RNG is process-global
+            with self.gate.hold(object() if seeded else key, self.queue_timeout_s,
+                                on_enter=enter if not seeded else None):
+                if seeded:
+                    if enter:
+                        enter()
+                    torch.manual_seed(req["seed"])
+                with torch.no_grad():
+                    out = model.generate(**enc, **kw)
+        finally:
+            if h.adapter:
+                with self._mu:
+                    self._inflight[h.adapter] -= 1
+        new = out[0, n:].tolist()
         hit_eos = bool(new) and new[-1] == tok.eos_token_id
         text = tok.decode(new, skip_special_tokens=True)
         finish = "stop" if hit_eos or len(new) < req["max_tokens"] else "length"
@@ -143,5 +260,4 @@ class Engine:
             i = text.find(s)
             if i >= 0:
                 text, finish = text[:i], "stop"
-        return {"text": text, "finish_reason": finish, "prompt_tokens": int(enc["input_ids"].shape[1]),
-                "completion_tokens": len(new)}
+        return {"text": text, "finish_reason": finish, "prompt_tokens": n, "completion_tokens": len(new)}
