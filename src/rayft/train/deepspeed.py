@@ -15,6 +15,11 @@ from pathlib import Path
 from ..config import ConfigError, deep_merge
 from .config import TrainConfig
 
+#: CPU workers' ZeRO-3 optimizer step (and nvme swap) granularity, in elements (memory.estimate counts it)
+CPU_SUB_GROUP_SIZE = int(2e7)
+#: nvme parameter swap buffers (why 8: see ds_config; memory.estimate counts them)
+NVME_PARAM_BUFFER_COUNT = 8
+
 #: Every top-level key DeepSpeed 0.19.8's DeepSpeedConfig reads (recorded from the installed
 #: version; tests/test_deepspeed_config.py re-records it so an upgrade that changes it fails).
 KNOWN_TOP_LEVEL = frozenset("""
@@ -91,7 +96,7 @@ def ds_config(cfg: TrainConfig, world_size: int, dtype: str, nvme_path: str = "n
             "stage3_max_live_parameters": int(1e9) if gpu else int(3e7),
             "stage3_max_reuse_distance": int(1e9) if gpu else int(3e7),
             # optimizer step (and nvme swap) granularity: one sub-group's fp32 states at a time
-            "sub_group_size": int(1e9) if gpu else int(2e7),
+            "sub_group_size": int(1e9) if gpu else CPU_SUB_GROUP_SIZE,
         })
     if t.offload_optimizer != "none":
         off = {"device": t.offload_optimizer, "pin_memory": gpu}
@@ -107,7 +112,7 @@ def ds_config(cfg: TrainConfig, world_size: int, dtype: str, nvme_path: str = "n
             # checkpointing) is swapped in at once - a Qwen2/Llama layer has 7; with 4 the LoRA
             # 0.5B backward failed ("Not enough swap in buffers"). All buffers are the size of the
             # largest partition (the embedding), which is what makes this offload expensive.
-            off.update({"nvme_path": nvme_path, "buffer_count": 8, "buffer_size": int(1e8),
+            off.update({"nvme_path": nvme_path, "buffer_count": NVME_PARAM_BUFFER_COUNT, "buffer_size": int(1e8),
                         "max_in_cpu": 0})
         zero["offload_param"] = off
     out = {

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from ..config import ConfigError
 from .config import TrainConfig
+from .deepspeed import CPU_SUB_GROUP_SIZE, NVME_PARAM_BUFFER_COUNT
 
 GB = 2**30
 #: measured RSS of a Ray Train worker after importing torch (CUDA build), transformers, peft
@@ -37,9 +38,8 @@ DEEPSPEED_RUNTIME_GB = 0.15
 A_H, A_I = 16.0, 5.0
 #: LoRA saves less (frozen linears keep their weight, not their input) plus dropout copies
 LORA_ACT_FACTOR = 0.8
-#: deepspeed.py's CPU sub_group_size and nvme parameter buffer_count
-SUB_GROUP = 2e7
-NVME_PARAM_BUFFERS = 8
+#: the CPU sub_group_size and nvme parameter buffer_count ds_config sets (one definition, in deepspeed.py)
+SUB_GROUP, NVME_PARAM_BUFFERS = CPU_SUB_GROUP_SIZE, NVME_PARAM_BUFFER_COUNT
 #: copies of the batch x seq x vocab fp32 logits alive at the loss (logits, log-softmax, grad)
 LOGIT_COPIES = 3.0
 

@@ -21,8 +21,8 @@ from safetensors.torch import save_file
 
 from .config import TrainConfig
 from .engine import build_model, make_optimizer
+from .zero_io import SHARD_BYTES
 
-SHARD_BYTES = 256 * 2**20
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 

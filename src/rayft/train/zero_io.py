@@ -13,7 +13,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-SHARD_BYTES = 512 * 2**20
+#: largest safetensors file rayft writes itself: ZeRO-3 model artifacts here and ZeRO optimizer-state
+#: checkpoints (zero.py). Each file is buffered whole in the writing rank's memory first, so it is kept
+#: small for 4 GB CPU workers.
+SHARD_BYTES = 256 * 2**20
 
 
 class TensorIndex:
