@@ -8,7 +8,18 @@ import unicodedata
 import pyarrow as pa
 
 #: One training pair. ``history`` holds earlier turns of a multi-turn conversation as a
-#: JSON list of {"role", "content"}; loss is taken only on ``response``.
+#: JSON list of {"role", "content"}; by default loss is taken only on ``response``
+#: (``data.train_on=all_assistant``: on every assistant turn of history too).
+#:
+#: Tool-calling conversations do not fit prompt -> response (tool calls and tool results
+#: sit between the user's turn and the answer), so they also carry ``messages``: the whole
+#: conversation after the system turn, OpenAI-style (assistant ``tool_calls`` with
+#: ``function.arguments`` as an object, ``tool`` messages with ``tool_call_id``), and
+#: ``tools``: the JSON list of tool schemas. When ``messages`` is set, training renders it
+#: (with the tools); system/history/prompt/response then hold a text view of the same
+#: conversation (tool calls as ``<tool_call>`` JSON) for consumers that read pairs
+#: (curate's filters and dedup, eval). Both are "" for every other row, so plain pairs are
+#: unchanged.
 PAIRS_SCHEMA = pa.schema([
     pa.field("id", pa.string()),          # the input row's id, else its content hash
     pa.field("file", pa.string()),        # source file the row came from
@@ -20,6 +31,8 @@ PAIRS_SCHEMA = pa.schema([
     pa.field("response", pa.string()),
     pa.field("language", pa.string()),    # "en", "zh", ... (metadata, else detected)
     pa.field("meta", pa.string()),        # JSON: the row's metadata (subtitle timings live here)
+    pa.field("messages", pa.string()),    # JSON: whole tool-calling conversation, else ""
+    pa.field("tools", pa.string()),       # JSON: tool schemas of that conversation, else ""
 ])
 
 PAIR_COLUMNS = [f.name for f in PAIRS_SCHEMA]
@@ -76,3 +89,12 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
 
 def history_to_messages(history: str) -> list[dict]:
     return json.loads(history) if history else []
+
+
+def conform_pairs(table: pa.Table) -> pa.Table:
+    """A table with PAIRS_SCHEMA columns -> exactly PAIRS_SCHEMA; columns added to the schema
+    later (messages, tools) are filled with "" so Parquet written before them still reads."""
+    for f in PAIRS_SCHEMA:
+        if f.name not in table.column_names and f.name in ("messages", "tools"):
+            table = table.append_column(f.name, pa.array([""] * table.num_rows, pa.string()))
+    return table.select(PAIR_COLUMNS).cast(PAIRS_SCHEMA)

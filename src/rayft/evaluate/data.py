@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from ..config import ConfigError
 from ..data.formats import DataError, read_pairs
-from ..data.records import PAIR_COLUMNS, PAIRS_SCHEMA, content_hash, rows_to_table, split_of
+from ..data.records import conform_pairs, content_hash, rows_to_table, split_of
 from .config import EvalConfig
 
 COLUMNS = ["system", "history", "prompt", "response", "language"]
@@ -27,7 +27,7 @@ def _curated(root: str, lang: str, split: str) -> pa.Table | None:
     files = sorted(d.glob("*.parquet")) if d.is_dir() else []
     if not files:
         return None
-    return pa.concat_tables([pq.read_table(f).select(PAIR_COLUMNS).cast(PAIRS_SCHEMA) for f in files])
+    return pa.concat_tables([conform_pairs(pq.read_table(f)) for f in files])
 
 
 def _run_val(run_cfg: dict) -> pa.Table:
