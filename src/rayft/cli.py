@@ -47,6 +47,10 @@ STAGES: dict[str, tuple[str, str, str, dict]] = {
                           "move champion back to the previous version", {}),
     "registry cleanup": ("rayft.registry.commands:RegistryConfig", "rayft.registry.commands:run_cleanup",
                          "keep the N best versions, never deleting champion or previous", {}),
+    "watch": ("rayft.watch.config:WatchConfig", "rayft.watch.daemon:run_watch",
+              "daemon: new data -> curate -> train -> gate -> register -> promote (served), with alerts; "
+              "`rayft watch status|pause [line]|resume [line]|stop dir=...` controls it",
+              {"input": "watch.input", "dir": "watch.dir", "once": "watch.once", "recipe": "train.recipe"}),
     "serve": ("rayft.serve.config:ServeConfig", "rayft.serve.run:run_serve",
               "host the registry champions on Ray Serve behind an OpenAI-compatible API", {}),
 }
@@ -106,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["watch"] and len(argv) > 1 and argv[1] in ("status", "pause", "resume", "stop"):
+        from .watch.control import main as watch_control
+        return watch_control(argv[1:])
     ap = build_parser()
     args = ap.parse_args(argv)
     if not getattr(args, "stage", None):
