@@ -333,3 +333,25 @@ def test_save_to_disk_folders(tmp_path):
     # a dataset's Arrow file named directly
     arrow = sorted((tmp_path / "dd" / "train").glob("*.arrow"))[0]
     assert len(read_pairs(str(arrow)).rows) == 6
+
+
+def test_curate_filters_cover_tool_conversations(tmp_path):
+    """curate's normalize and secrets filters reach the texts training renders from
+    ``messages`` (tool results and tool-call arguments), not only the pair view."""
+    from rayft.curate.config import NormalizeCfg, SecretsCfg
+    from rayft.curate.filters import normalize_batch, secrets_batch
+    from rayft.data.reader import plan_file, read_task
+
+    rec = sharegpt_rows()[0]
+    conv = rec["conversations"]
+    rec = dict(rec, conversations=[conv[0], {"from": "function_call", "value": json.dumps(
+        {"name": "get_weather", "arguments": {"city": "Paris", "notify": "bob@example.com"}})},
+        {"from": "observation", "value": "sent  to   alice@example.org"}, conv[3]])
+    path = _jsonl(tmp_path / "t.jsonl", [rec])
+    b = read_task(plan_file(str(path))[0])
+    assert not b["_filter"][0]
+    b = secrets_batch(normalize_batch(b, NormalizeCfg()), SecretsCfg())
+    msgs = json.loads(b["messages"][0])
+    assert msgs[1]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris", "notify": "[EMAIL]"}
+    assert msgs[2]["content"] == "sent to [EMAIL]"  # normalized and masked
+    assert b["_masked"][0] == "email" and "example" not in b["messages"][0]

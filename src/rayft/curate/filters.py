@@ -16,7 +16,7 @@ import unicodedata
 
 import pyarrow as pa
 
-from ..data.records import PAIR_COLUMNS, PAIRS_SCHEMA
+from ..data.records import PAIR_COLUMNS, PAIRS_SCHEMA, map_message_texts, message_texts
 from . import dedup as dd
 from .config import CurateConfig, LanguageCfg, LowValueCfg, NormalizeCfg, SecretsCfg
 from ..data.reader import Batch
@@ -88,11 +88,13 @@ def timing_problem(meta: str) -> str | None:
 def normalize_batch(b: Batch, cfg: NormalizeCfg) -> Batch:
     if not cfg.enabled:
         return b
-    out = _copy(b, "system", "prompt", "response", "history", "_filter", "_reason")
+    out = _copy(b, "system", "prompt", "response", "history", "messages", "_filter", "_reason")
     for i in _alive(b):
         for f in TEXT_FIELDS:
             if out[f][i]:
                 out[f][i] = normalize_str(out[f][i], cfg)
+        if out["messages"][i]:  # tool conversations: the texts training renders
+            out["messages"][i] = map_message_texts(out["messages"][i], lambda t: normalize_str(t, cfg))
         if out["history"][i]:
             msgs = json.loads(out["history"][i])
             for m in msgs:
@@ -202,14 +204,15 @@ def secrets_batch(b: Batch, cfg: SecretsCfg) -> Batch:
     kinds = tuple(k for k in KINDS if getattr(cfg, k) != "off")
     if not cfg.enabled or not kinds:
         return b
-    out = _copy(b, "system", "prompt", "response", "history", "_filter", "_reason", "_masked")
+    out = _copy(b, "system", "prompt", "response", "history", "messages", "_filter", "_reason", "_masked")
     for i in _alive(b):
         msgs = json.loads(b["history"][i]) if b["history"][i] else []
-        parts = [b[f][i] for f in TEXT_FIELDS] + [m["content"] for m in msgs]
+        conv = message_texts(b["messages"][i])  # tool conversations: every text training renders
+        parts = [b[f][i] for f in TEXT_FIELDS] + [m["content"] for m in msgs] + conv
         found = _scan_parts(parts, kinds, cfg)
         if not any(found):
             continue
-        names = list(TEXT_FIELDS) + ["history"] * len(msgs)
+        names = list(TEXT_FIELDS) + ["history"] * len(msgs) + ["messages"] * len(conv)
         drop = sorted({f"{s.kind} in {n}" for n, ss in zip(names, found) for s in ss if getattr(cfg, s.kind) == "drop"})
         if drop:
             out["_filter"][i], out["_reason"][i] = "secrets", "secrets: " + ", ".join(drop)
@@ -217,10 +220,13 @@ def secrets_batch(b: Batch, cfg: SecretsCfg) -> Batch:
         for k, f in enumerate(TEXT_FIELDS):
             if found[k]:
                 out[f][i] = mask(b[f][i], found[k], cfg.mask_format)
-        if any(found[len(TEXT_FIELDS):]):
+        if any(found[len(TEXT_FIELDS):len(TEXT_FIELDS) + len(msgs)]):
             for m, ss in zip(msgs, found[len(TEXT_FIELDS):]):
                 m["content"] = mask(m["content"], ss, cfg.mask_format)
             out["history"][i] = json.dumps(msgs, ensure_ascii=False)
+        if conv and any(found[len(TEXT_FIELDS) + len(msgs):]):
+            spans = iter(found[len(TEXT_FIELDS) + len(msgs):])
+            out["messages"][i] = map_message_texts(b["messages"][i], lambda t: mask(t, next(spans), cfg.mask_format))
         out["_masked"][i] = ",".join(sorted({s.kind for ss in found for s in ss}))
     return out
 

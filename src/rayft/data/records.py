@@ -98,3 +98,33 @@ def conform_pairs(table: pa.Table) -> pa.Table:
         if f.name not in table.column_names and f.name in ("messages", "tools"):
             table = table.append_column(f.name, pa.array([""] * table.num_rows, pa.string()))
     return table.select(PAIR_COLUMNS).cast(PAIRS_SCHEMA)
+
+
+def _map_leaves(v, fn):
+    if isinstance(v, str):
+        return fn(v)
+    if isinstance(v, list):
+        return [_map_leaves(x, fn) for x in v]
+    if isinstance(v, dict):
+        return {k: _map_leaves(x, fn) for k, x in v.items()}
+    return v
+
+
+def map_message_texts(messages: str, fn) -> str:
+    """A ``messages`` JSON with ``fn`` applied to every text a user could have written in it
+    (each message's content and every string inside tool-call arguments), in a fixed order;
+    curate's normalize and secrets filters use it so they cover tool conversations too."""
+    if not messages:
+        return messages
+    msgs = json.loads(messages)
+    for m in msgs:
+        m["content"] = fn(m.get("content") or "")
+        for c in m.get("tool_calls") or []:
+            c["function"]["arguments"] = _map_leaves(c["function"].get("arguments", {}), fn)
+    return json.dumps(msgs, ensure_ascii=False)
+
+
+def message_texts(messages: str) -> list[str]:
+    out: list[str] = []
+    map_message_texts(messages, lambda t: out.append(t) or t)
+    return out
