@@ -12,7 +12,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # recipe file -> the stage that reads it; a new recipe must be added here
 STAGE_OF = {"tiny.yaml": "train", "demo.yaml": "train", "curate.yaml": "curate",
             "frames.yaml": "frames embed", "eval.yaml": "eval", "serve.yaml": "serve",
-            "sweep.yaml": "sweep"}
+            "sweep.yaml": "sweep", "watch.yaml": "watch"}
 STAGE_OF.update({p.relative_to(CONFIGS).as_posix(): "train"
                  for p in CONFIGS.glob("train*.yaml")})
 

@@ -64,7 +64,7 @@ def test_nested_and_dotted_keys_and_yaml_numbers(tmp_path):
     ("space:\n  train.lr: {choice: [0.01, 0.01]}\n", "repeated values"),
     ("space:\n  train.lr: {choice: [0.001], uniform: [0.001, 0.01]}\n", "expected exactly one of"),
     ("space:\n  train.lr: 0.001\n", "a fixed value belongs in base.overrides"),
-    ("space:\n  train.lr: {choice: [0, 0.01]}\n", "value 0.0 rejected: train.lr: expected > 0"),
+    ("space:\n  train.lr: {choice: [0, 0.01]}\n", "value 0.0 rejected: train.lr: expected a number > 0"),
     ("space:\n  lora.r: {uniform: [4, 16]}\n", "lora.r is int; use choice or grid"),
     ("space:\n  lora.r: {choice: [4, big]}\n", "expected an integer, got 'big'"),
     ("space:\n  train.method: {choice: [lora, qlora]}\n", "expected one of ['lora', 'full']"),

@@ -6,10 +6,13 @@ errors and bad input exit with one clear message (exit code 2), not a traceback.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 
-from .config import ConfigError, StageRefused, help_text, load
+from pydantic import ValidationError
+
+from .config import ConfigError, StageRefused, format_error, help_text, load, mask_secrets, to_dict
 
 #: subcommand -> (config class, run function, one-line description, key aliases).
 #: Modules load lazily so `rayft --help` stays fast.
@@ -112,21 +115,53 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["watch"] and len(argv) > 1 and argv[1] in ("status", "pause", "resume", "stop"):
+def _unknown_command(argv: list[str]) -> str | None:
+    """'rayft trian' -> "unknown command 'trian'; did you mean 'train'?" (None when argv is fine)."""
+    groups = _groups()
+    words = [a for a in argv if not a.startswith("-")][:2]
+    if not words or argv[0].startswith("-"):
+        return None
+    head = words[0]
+    if head not in groups:
+        near = difflib.get_close_matches(head, list(groups), n=1, cutoff=0.5)
+        hint = f"; did you mean '{near[0]}'?" if near else f"; commands: {', '.join(groups)}"
+        return f"unknown command '{head}'{hint}"
+    subs = [s for s in groups[head] if s]
+    if subs and len(words) > 1 and words[1] not in subs and "=" not in words[1]:
+        near = difflib.get_close_matches(words[1], subs, n=1, cutoff=0.5)
+        hint = f"; did you mean '{head} {near[0]}'?" if near else f"; steps: {', '.join(subs)}"
+        return f"unknown command '{head} {words[1]}'{hint}"
+    return None
+
+
+def print_config(cfg) -> str:
+    """The resolved config as YAML, secrets (api keys, tokens, passwords) shown as ***."""
+    import yaml
+
+    return yaml.safe_dump(mask_secrets(to_dict(cfg), type(cfg)), sort_keys=False, allow_unicode=True)
+
+
         from .watch.control import main as watch_control
         return watch_control(argv[1:])
     ap = build_parser()
     args = ap.parse_args(argv)
     if not getattr(args, "stage", None):
+    bad = _unknown_command(argv)
+    if bad:
+        print(f"rayft: error: {bad}", file=sys.stderr)
+        return 2
         ap.print_help()
         return 2
     cfg_spec, fn_spec, _, aliases = STAGES[args.stage]
     from .data.formats import DataError
     try:
-        cfg = load(_resolve(cfg_spec), args.config, args.overrides, aliases)
+        cls = _resolve(cfg_spec)
+        try:
+            cfg = load(cls, args.config, args.overrides, aliases)
+        except ValidationError as e:  # a config class built outside load()'s error handling
+            raise ConfigError(format_error(e, cls)) from None
         if args.print_config:
-            import yaml
-            from .config import to_dict
-            print(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+            print(print_config(cfg))
             return 0
         result = _resolve(fn_spec)(cfg)
     except (ConfigError, DataError) as e:

@@ -19,28 +19,23 @@ Rules (defaults from W5), all checked and all reported, whichever fails first:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..config import ConfigError, opt
+from ..config import Section, opt
 from ..metric_direction import HIGHER_IS_BETTER
 
 
-@dataclass
-class GateCfg:
+class GateCfg(Section):
     golden_metric: Literal["similarity", "loss", "perplexity"] = opt(
         "similarity", "golden-set score the candidate must improve: similarity (generated vs reference "
         "answer; the users' metric) | loss | perplexity")
     min_golden_improvement: float = opt(0.01, "required relative improvement over the champion on the "
-                                        "golden set (0.01 = 1 %)")
+                                        "golden set (0.01 = 1 %)", ge=0)
     val_metric: Literal["similarity", "loss", "perplexity"] = opt(
         "loss", "validation score that must not regress: loss | perplexity | similarity")
-    max_val_regression: float = opt(0.0, "allowed relative regression on validation (0 = must be equal or better)")
+    max_val_regression: float = opt(0.0, "allowed relative regression on validation (0 = must be equal or better)", ge=0)
     require_val: bool = opt(True, "reject when there are no validation rows to check regression on")
 
-    def validate(self) -> None:
-        if self.min_golden_improvement < 0 or self.max_val_regression < 0:
-            raise ConfigError("gate: min_golden_improvement and max_val_regression must be >= 0")
 
 
 def _nonfinite(obj: Any, path: str = "") -> list[str]:

@@ -1,23 +1,24 @@
 """FramesConfig: every key `rayft frames embed|cluster|export` reads, field by field.
 
 One config holds all three steps so a single YAML file (configs/frames.yaml) drives the
-whole W4 pipeline; each step reads its own section plus the shared ``model`` section.
+whole frames pipeline; each step reads its own section plus the shared ``model`` section.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
-from ..config import ConfigError, opt, section
+from pydantic import model_validator
+
+from ..config import ConfigError, Section, opt, section
+from .train_config import TrainSection
 
 
-@dataclass
-class ModelSection:
+class ModelSection(Section):
     name: str = opt("ViT-B-32", "open_clip model name (open_clip.list_models()); tests use ViT-S-32")
     pretrained: str = opt("", "open_clip pretrained tag or a local checkpoint path (e.g. openai, "
                           "laion2b_s34b_b79k); empty = random weights seeded by model.seed (offline)")
     image_size: int = opt(0, "square input size fed to the vision tower; 0 = the model's own "
-                          "(224 for ViT-B-32). Smaller sizes trade accuracy for speed")
+                          "(224 for ViT-B-32). Smaller sizes trade accuracy for speed", ge=0)
     seed: int = opt(0, "torch seed before building the model, so every actor (and the export "
                     "step's text tower) gets the same random weights when pretrained is empty")
     precision: Literal["fp32", "fp16", "bf16"] = opt("fp32", "weights/compute precision on GPU "
@@ -25,55 +26,45 @@ class ModelSection:
     cache_dir: str = opt("", "where open_clip looks for/stores pretrained weights (empty: its default)")
 
 
-@dataclass
-class EmbedSection:
+class EmbedSection(Section):
     input: str = opt("", "root directory of episode folders (each folder of jpg/png/webp frames "
                      "is one episode; nested folders are episodes named by their relative path)")
     output: str = opt("", "output directory: embeddings/<episode>/part-*.parquet, _done/ markers, "
                       "report.json, rejects.jsonl, model.json")
     extensions: list[str] = opt(["jpg", "jpeg", "png", "webp"], "frame file extensions (case-insensitive)")
-    batch_size: int = opt(64, "frames per embedding batch (per actor call)")
-    decode_batch_size: int = opt(32, "frames per decode task batch")
-    concurrency: int = opt(0, "embedding actors; 0 = one per GPU when the cluster has GPUs, else 1")
+    batch_size: int = opt(64, "frames per embedding batch (per actor call)", ge=1)
+    decode_batch_size: int = opt(32, "frames per decode task batch", ge=1)
+    concurrency: int = opt(0, "embedding actors; 0 = one per GPU when the cluster has GPUs, else 1", ge=0)
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto = cuda actors when the Ray cluster "
                                                  "has GPUs, else CPU actors")
     actor_num_cpus: float = opt(0.5, "CPUs reserved per embedding actor. Keep it fractional or "
-                                "below the node's CPU count so decode tasks can still be scheduled")
+                                "below the node's CPU count so decode tasks can still be scheduled", gt=0)
     actor_memory_gb: float = opt(2.0, "memory reserved per embedding actor (a ViT-B-32 actor holds "
                                  "~1.3 GB on CPU); keeps Ray from packing more actors than fit, "
-                                 "and Ray Data's memory warnings quiet. 0 = reserve nothing")
-    decode_num_cpus: float = opt(0.5, "CPUs reserved per decode task")
-    threads: int = opt(0, "torch intra-op threads per CPU actor; 0 = os.cpu_count() of the node")
+                                 "and Ray Data's memory warnings quiet. 0 = reserve nothing", ge=0)
+    decode_num_cpus: float = opt(0.5, "CPUs reserved per decode task", gt=0)
+    threads: int = opt(0, "torch intra-op threads per CPU actor; 0 = os.cpu_count() of the node", ge=0)
     max_image_pixels: int = opt(50_000_000, "reject images with more pixels than this "
-                                "(decompression-bomb guard); the header is checked before decoding")
-    min_side: int = opt(16, "reject images whose shorter side is smaller than this")
-    rows_per_file: int = opt(50_000, "max rows per Parquet part file within an episode")
-    max_episodes: int = opt(0, "process at most this many unfinished episodes this run (0 = all)")
+                                "(decompression-bomb guard); the header is checked before decoding", ge=1)
+    min_side: int = opt(16, "reject images whose shorter side is smaller than this", ge=1)
+    rows_per_file: int = opt(50_000, "max rows per Parquet part file within an episode", ge=1)
+    max_episodes: int = opt(0, "process at most this many unfinished episodes this run (0 = all)", ge=0)
     progress: bool = opt(True, "show a frames/s progress bar on stderr")
     max_errored_blocks: int = opt(-1, "Ray Data blocks allowed to fail before the job stops; the "
                                   "episodes they held stay unfinished and a rerun retries them "
-                                  "(-1 = unlimited, 0 = stop at the first failure)")
-
-    def validate(self) -> None:
-        for k in ("batch_size", "decode_batch_size", "rows_per_file", "max_image_pixels"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"embed.{k}: expected >= 1, got {getattr(self, k)}")
-        if self.actor_memory_gb < 0:
-            raise ConfigError("embed.actor_memory_gb must be >= 0")
-        if self.actor_num_cpus <= 0 or self.decode_num_cpus <= 0:
-            raise ConfigError("embed.actor_num_cpus and embed.decode_num_cpus must be > 0")
+                                  "(-1 = unlimited, 0 = stop at the first failure)", ge=-1)
 
 
-@dataclass
-class ClusterSection:
+
+class ClusterSection(Section):
     input: str = opt("", "a directory of Parquet files with columns path, episode, embedding (the "
                      "embed output or embeddings made elsewhere); searched recursively")
     output: str = opt("", "output directory: labels.parquet (path, episode, label), clusters.json")
-    pca_dims: int = opt(32, "PCA output dimensions before HDBSCAN; 0 = no reduction")
+    pca_dims: int = opt(32, "PCA output dimensions before HDBSCAN; 0 = no reduction", ge=0)
     whiten: bool = opt(True, "divide each principal component by its standard deviation")
-    min_cluster_size: int = opt(25, "HDBSCAN min_cluster_size: the smallest group called a character")
+    min_cluster_size: int = opt(25, "HDBSCAN min_cluster_size: the smallest group called a character", ge=2)
     min_samples: int = opt(10, "HDBSCAN min_samples (density smoothing; k-th neighbour for core "
-                           "distances); 0 = min_cluster_size")
+                           "distances); 0 = min_cluster_size", ge=0)
     selection: Literal["leaf", "eom"] = opt("leaf", "HDBSCAN cluster selection: leaf keeps the "
                                             "finest dense groups (small characters inside a diffuse "
                                             "background survive); eom prefers big stable clusters")
@@ -82,17 +73,12 @@ class ClusterSection:
                                              "tree; a single exact shard for small sets); flat = one "
                                              "fast_hdbscan call over all points (reference; memory "
                                              "grows with n, ~1 min numba compile per process)")
-    shard_size: int = opt(100_000, "max points (home + halo) in one neighbour search (bounds memory)")
-    halo_frac: float = opt(0.2, "fraction of points copied into a neighbouring shard's halo")
-    knn_k: int = opt(0, "neighbours kept per point in the sharded path; 0 = max(2*min_samples, 15)")
+    shard_size: int = opt(100_000, "max points (home + halo) in one neighbour search (bounds memory)", ge=1000)
+    halo_frac: float = opt(0.2, "fraction of points copied into a neighbouring shard's halo", ge=0, le=1)
+    knn_k: int = opt(0, "neighbours kept per point in the sharded path; 0 = max(2*min_samples, 15)", ge=0)
     seed: int = opt(0, "seed for k-means shard centroids and approximate neighbour search")
-    read_batch: int = opt(65_536, "rows per Parquet read batch (streaming PCA)")
+    read_batch: int = opt(65_536, "rows per Parquet read batch (streaming PCA)", ge=1)
 
-    def validate(self) -> None:
-        if self.min_cluster_size < 2:
-            raise ConfigError(f"cluster.min_cluster_size: expected >= 2, got {self.min_cluster_size}")
-        if self.pca_dims < 0 or self.shard_size < 1000 or not 0 <= self.halo_frac <= 1:
-            raise ConfigError("cluster: pca_dims >= 0, shard_size >= 1000 and 0 <= halo_frac <= 1 required")
 
 
 DEFAULT_TAGS = ["a person", "a man", "a woman", "a child", "an animal", "a robot", "a monster",
@@ -101,40 +87,39 @@ DEFAULT_TAGS = ["a person", "a man", "a woman", "a child", "an animal", "a robot
                 "smiling", "angry", "sad", "running", "sitting", "standing"]
 
 
-@dataclass
-class ExportSection:
+class ExportSection(Section):
     input: str = opt("", "the cluster step's output directory (labels.parquet + clusters.json)")
     output: str = opt("", "output directory: cluster_000/ ... (frames + .txt captions, "
                       "contact_sheet.png), clusters.json, overview.png")
     embeddings: str = opt("", "embeddings Parquet dir for caption tags; empty = the cluster "
                           "step's input recorded in its clusters.json")
     mode: Literal["copy", "symlink", "hardlink"] = opt("copy", "how frames land in cluster folders")
-    min_size: int = opt(25, "clusters with fewer frames are skipped and listed in clusters.json")
+    min_size: int = opt(25, "clusters with fewer frames are skipped and listed in clusters.json", ge=1)
     trigger: str = opt("char{id:03d}", "per-character trigger token, first in every caption "
                        "({id} = cluster number)")
     tags: list[str] = opt(DEFAULT_TAGS, "tag vocabulary scored zero-shot with the CLIP text tower")
     tag_prompt: str = opt("a frame showing {}", "prompt template each tag is inserted into")
-    tags_per_frame: int = opt(3, "top tags written into each frame's caption")
-    tags_per_cluster: int = opt(5, "top tags (mean over the cluster) listed in clusters.json")
-    sheet_samples: int = opt(36, "frames on each contact sheet (medoid first)")
-    thumb_size: int = opt(128, "thumbnail edge in pixels on contact sheets and the overview")
-    overview_samples: int = opt(6, "frames per cluster row in overview.png")
-    overview_max_clusters: int = opt(60, "clusters shown in overview.png (largest first)")
-    workers: int = opt(4, "threads copying/linking frames")
+    tags_per_frame: int = opt(3, "top tags written into each frame's caption", ge=0)
+    tags_per_cluster: int = opt(5, "top tags (mean over the cluster) listed in clusters.json", ge=0)
+    sheet_samples: int = opt(36, "frames on each contact sheet (medoid first)", ge=1)
+    thumb_size: int = opt(128, "thumbnail edge in pixels on contact sheets and the overview", ge=16)
+    overview_samples: int = opt(6, "frames per cluster row in overview.png", ge=1)
+    overview_max_clusters: int = opt(60, "clusters shown in overview.png (largest first)", ge=1)
+    workers: int = opt(4, "threads copying/linking frames", ge=1)
     seed: int = opt(0, "seed for sampling contact-sheet frames")
 
-    def validate(self) -> None:
-        if self.min_size < 1 or self.thumb_size < 16 or self.workers < 1:
-            raise ConfigError("export: min_size >= 1, thumb_size >= 16 and workers >= 1 required")
+    @model_validator(mode="after")
+    def _trigger_template(self):
         try:
             self.trigger.format(id=0)
-        except (KeyError, IndexError, ValueError) as e:
+        except (KeyError, IndexError, ValueError, AttributeError) as e:
             raise ConfigError(f"export.trigger: bad template {self.trigger!r}: {e}") from None
+        return self
 
 
-@dataclass
-class FramesConfig:
+class FramesConfig(Section):
     model: ModelSection = section(ModelSection, "open_clip model shared by embed and export")
     embed: EmbedSection = section(EmbedSection, "rayft frames embed")
     cluster: ClusterSection = section(ClusterSection, "rayft frames cluster")
     export: ExportSection = section(ExportSection, "rayft frames export")
+    train: TrainSection = section(TrainSection, "rayft frames train (one LoRA per character folder)")

@@ -1,15 +1,19 @@
 """TrainConfig: everything `rayft train` reads, field by field."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
-from ..config import ConfigError, opt, section
+from pydantic import ValidationInfo, model_validator
+
+from ..config import ConfigError, Section, complete, opt, section
+from ..data.formats import FORMATS
 from ..evaluate.guard import GuardCfg
 
+#: data.format values: auto or one of the readers' formats (rayft.data.formats.FORMATS)
+DataFormat = Literal[("auto", *FORMATS)]  # type: ignore[valid-type]
 
-@dataclass
-class RunSection:
+
+class RunSection(Section):
     dir: str = opt("runs", "parent directory of run directories (local path)")
     name: str = opt("train", "run name; the run directory is run.dir/run.name. Rerunning the same "
                     "name resumes from its latest checkpoint instead of starting over")
@@ -17,64 +21,59 @@ class RunSection:
     overwrite: bool = opt(False, "delete an existing run directory of this name and start from scratch")
 
 
-@dataclass
-class DataSection:
+class DataSection(Section):
     path: str = opt("", "pairs file, directory or glob (JSONL, JSON or Parquet)")
-    format: str = opt("auto", "auto | subtitle | prompt_response | alpaca | sharegpt "
-                      "(auto detects per file from its first valid record)")
+    format: DataFormat = opt("auto", f"auto | {' | '.join(FORMATS)} "
+                             "(auto detects per file from its first valid record)")
     val_fraction: float = opt(0.1, "fraction of pairs held out for validation, assigned by content "
-                              "hash so a rerun gives the same split")
+                              "hash so a rerun gives the same split", ge=0, lt=1)
     val_path: str = opt("", "optional separate validation file/dir/glob (then val_fraction is not used)")
-    max_seq_len: int = opt(512, "tokens per example; longer examples are truncated and counted")
+    max_seq_len: int = opt(512, "tokens per example; longer examples are truncated and counted", ge=8)
     system_prompt: str = opt("", "system message added to every example without its own")
     language: str = opt("", "keep only rows of this language (e.g. en or zh); empty keeps all")
 
-    def validate(self) -> None:
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"data.val_fraction: expected 0 <= value < 1, got {self.val_fraction}")
-        if self.max_seq_len < 8:
-            raise ConfigError(f"data.max_seq_len: expected >= 8, got {self.max_seq_len}")
 
-
-@dataclass
-class ModelSection:
+class ModelSection(Section):
     name: str = opt("tiny-qwen2", "HF hub id, local model directory, or preset: tiny-qwen2, "
                     "tiny-llama, smollm2-135m-instruct")
     trust_remote_code: bool = opt(False, "allow model repos to run their own Python code")
-    dtype: str = opt("auto", "auto (bf16 on GPUs that support it, else float32) | float32 | bfloat16")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
+        "auto", "auto (bfloat16 on GPU workers, else float32) | float32 | bfloat16 | float16 (GPU workers "
+        "only: CPU kernels have no fp16 training path)")
     init: Literal["pretrained", "random"] = opt(
         "pretrained", "pretrained: load the weights; random: build the architecture from the model's "
         "config.json with seeded random weights (memory/throughput benchmarks of real architectures "
         "without downloading them; the result is not a useful model)")
+    adapter: str = opt("", "train.method=lora: start from this adapter directory's weights "
+                       "(adapter_model.safetensors; e.g. a registry champion's artifacts/adapter) instead "
+                       "of a fresh LoRA init; lora.r and lora.target_modules must match it")
 
 
-@dataclass
-class LoraSection:
-    r: int = opt(8, "LoRA rank")
-    alpha: int = opt(16, "LoRA alpha (scale = alpha / r)")
-    dropout: float = opt(0.05, "dropout on the LoRA input")
+class LoraSection(Section):
+    r: int = opt(8, "LoRA rank", ge=1)
+    alpha: int = opt(16, "LoRA alpha (scale = alpha / r)", gt=0)
+    dropout: float = opt(0.05, "dropout on the LoRA input", ge=0, lt=1)
     target_modules: list[str] = opt(["q_proj", "k_proj", "v_proj", "o_proj"],
                                     "module names to adapt (or 'all-linear')")
 
 
-@dataclass
-class TrainSection:
+class TrainSection(Section):
     method: Literal["lora", "full"] = opt("lora", "lora (peft adapter) | full (all weights)")
-    max_steps: int = opt(100, "optimizer steps to run (across epochs)")
-    batch_size: int = opt(4, "examples per worker per micro-batch")
-    grad_accum: int = opt(1, "micro-batches per optimizer step")
-    lr: float = opt(2e-4, "peak learning rate (AdamW)")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    warmup_steps: int = opt(10, "linear warmup steps before cosine decay")
-    min_lr_ratio: float = opt(0.1, "cosine decays to lr * min_lr_ratio")
-    max_grad_norm: float = opt(1.0, "gradient clipping norm (0 disables)")
-    log_every: int = opt(5, "report metrics every N steps")
-    checkpoint_every: int = opt(50, "checkpoint every M steps (and always at the end)")
-    eval_every: int = opt(0, "validation loss every N steps (0: only at the end)")
-    keep_checkpoints: int = opt(2, "checkpoints kept in storage (latest ones)")
+    max_steps: int = opt(100, "optimizer steps to run (across epochs)", ge=1)
+    batch_size: int = opt(4, "examples per worker per micro-batch", ge=1)
+    grad_accum: int = opt(1, "micro-batches per optimizer step", ge=1)
+    lr: float = opt(2e-4, "peak learning rate (AdamW)", gt=0)
+    weight_decay: float = opt(0.0, "AdamW weight decay", ge=0)
+    warmup_steps: int = opt(10, "linear warmup steps before cosine decay", ge=0)
+    min_lr_ratio: float = opt(0.1, "cosine decays to lr * min_lr_ratio", ge=0, le=1)
+    max_grad_norm: float = opt(1.0, "gradient clipping norm (0 disables)", ge=0)
+    log_every: int = opt(5, "report metrics every N steps", ge=1)
+    checkpoint_every: int = opt(50, "checkpoint every M steps (and always at the end)", ge=1)
+    eval_every: int = opt(0, "validation loss every N steps (0: only at the end)", ge=0)
+    keep_checkpoints: int = opt(2, "checkpoints kept in storage (latest ones)", ge=1)
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     stop_after_steps: int = opt(0, "stop (checkpointed) after this many steps of this launch, "
-                                "without finishing; rerun to resume (0 disables)")
+                                "without finishing; rerun to resume (0 disables)", ge=0)
     freeze_embeddings: bool = opt(
         False, "method=full only: keep the input/output embeddings frozen and train every other "
         "weight. Large-vocabulary models (Qwen2.5: 152k tokens) spend a quarter of their weights "
@@ -95,12 +94,8 @@ class TrainSection:
     deepspeed_config: str = opt("", "optional JSON file merged over the generated DeepSpeed config "
                                 "(zero2/zero3); unknown keys are refused before launch")
 
-    def validate(self) -> None:
-        for k in ("max_steps", "batch_size", "grad_accum", "log_every", "checkpoint_every"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"train.{k}: expected >= 1, got {getattr(self, k)}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr: expected > 0, got {self.lr}")
+    @model_validator(mode="after")
+    def _strategy_options(self):
         if self.strategy == "ddp" and (self.offload_optimizer != "none" or self.offload_params != "none"):
             raise ConfigError("train.offload_optimizer/offload_params need a DeepSpeed strategy: "
                               "set train.strategy=zero2 or zero3")
@@ -112,60 +107,43 @@ class TrainSection:
                               "freezes every base weight)")
         if self.deepspeed_config and self.strategy == "ddp":
             raise ConfigError("train.deepspeed_config is only used with train.strategy=zero2 or zero3")
+        return self
 
 
-@dataclass
-class ScalingSection:
-    num_workers: int = opt(2, "Ray Train workers (data-parallel)")
-    cpus_per_worker: float = opt(1.0, "CPUs per worker (fractional allowed, e.g. 0.5)")
-    memory_per_worker_gb: float = opt(0.0, "memory reserved per worker for scheduling (0: none)")
+class ScalingSection(Section):
+    num_workers: int = opt(2, "Ray Train workers (data-parallel)", ge=1)
+    cpus_per_worker: float = opt(1.0, "CPUs per worker (fractional allowed, e.g. 0.5)", gt=0)
+    memory_per_worker_gb: float = opt(0.0, "memory reserved per worker for scheduling (0: none)", ge=0)
     use_gpu: bool = opt(False, "one GPU per worker")
-    max_failures: int = opt(2, "worker failures to recover from (restart from the last checkpoint)")
-    torch_threads: int = opt(0, "torch intra-op threads per worker (0: derive from cpus_per_worker)")
-    timeout_s: float = opt(0.0, "give up if the run has not finished after this many seconds (0: never)")
-
-    def validate(self) -> None:
-        if self.num_workers < 1:
-            raise ConfigError(f"scaling.num_workers: expected >= 1, got {self.num_workers}")
-        if self.cpus_per_worker <= 0:
-            raise ConfigError(f"scaling.cpus_per_worker: expected > 0, got {self.cpus_per_worker}")
+    max_failures: int = opt(2, "worker failures to recover from (restart from the last checkpoint; -1: unlimited)",
+                           ge=-1)
+    torch_threads: int = opt(0, "torch intra-op threads per worker (0: derive from cpus_per_worker)", ge=0)
 
 
-@dataclass
-class MemorySection:
+class MemorySection(Section):
     budget_gb: float = opt(0.0, "peak resident memory (RSS) allowed per worker, in GB (2**30 bytes); "
-                           "0 disables the estimate check and the watchdog")
+                           "0 disables the estimate check and the watchdog", ge=0)
     stop_fraction: float = opt(0.9, "the watchdog checkpoints and stops the run once a worker's RSS "
-                               "passes this fraction of memory.budget_gb")
+                               "passes this fraction of memory.budget_gb", gt=0, le=1)
     sample_interval_s: float = opt(0.05, "how often each worker's watchdog samples its RSS (the kernel's "
-                                   "high-water mark is checked too, so short spikes are not missed)")
+                                   "high-water mark is checked too, so short spikes are not missed)", gt=0)
     refuse_over_estimate: bool = opt(True, "refuse to launch when the pre-launch estimate exceeds the "
                                      "watchdog line (budget x stop_fraction); false only prints it")
     runtime_gb: float = opt(0.0, "estimator: per-worker memory before any model (torch, transformers, "
-                            "Ray Train, DeepSpeed); 0 uses the measured default for this install")
+                            "Ray Train, DeepSpeed); 0 uses the measured default for this install", ge=0)
     malloc: Literal["auto", "compact", "default"] = opt(
         "auto", "glibc malloc in the workers. compact (1 MB mmap/trim thresholds, 2 arenas) returns "
         "freed tensors to the OS: ZeRO-3 LoRA 0.5B peaked at 2.98 GB with it, 3.74 GB without; but "
         "it costs speed (DDP LoRA SmolLM2-135M: 179 vs 218 tokens/s). default: glibc as is. auto: "
         "compact when memory.budget_gb > 0 or train.strategy is zero2/zero3, else default")
 
-    def validate(self) -> None:
-        if self.budget_gb < 0:
-            raise ConfigError(f"memory.budget_gb: expected >= 0, got {self.budget_gb}")
-        if not 0 < self.stop_fraction <= 1:
-            raise ConfigError(f"memory.stop_fraction: expected 0 < value <= 1, got {self.stop_fraction}")
-        if self.sample_interval_s <= 0:
-            raise ConfigError(f"memory.sample_interval_s: expected > 0, got {self.sample_interval_s}")
 
-
-@dataclass
-class GenerateSection:
+class GenerateSection(Section):
     prompt: str = opt("", "after training, reload the saved adapter and answer this prompt")
-    max_new_tokens: int = opt(48, "tokens to generate for the sample prompt")
+    max_new_tokens: int = opt(48, "tokens to generate for the sample prompt", ge=1)
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(Section):
     run: RunSection = section(RunSection, "where the run goes and its name")
     data: DataSection = section(DataSection, "the pairs to train on")
     model: ModelSection = section(ModelSection, "the base model")
@@ -178,6 +156,8 @@ class TrainConfig:
                               "healthy checkpoint with a lower learning rate; rising validation loss warns")
     generate: GenerateSection = section(GenerateSection, "sample generation after training")
 
-    def validate(self) -> None:
-        if not self.data.path:
+    @model_validator(mode="after")
+    def _required(self, info: ValidationInfo):
+        if complete(info) and not self.data.path:
             raise ConfigError("data.path is required (a pairs file, directory or glob)")
+        return self

@@ -22,7 +22,7 @@ RESULTS.md "Memory envelope"); ``memory.runtime_gb`` overrides the runtime term 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 from ..config import ConfigError
 from .config import TrainConfig
@@ -151,7 +151,8 @@ def stop_line_bytes(cfg: TrainConfig) -> float:
 
 
 def _with(cfg: TrainConfig, **sections) -> TrainConfig:
-    return replace(cfg, **{k: replace(getattr(cfg, k), **v) for k, v in sections.items()})
+    # model_copy: like dataclasses.replace, no validation (suggestions are checked by estimate)
+    return cfg.model_copy(update={k: getattr(cfg, k).model_copy(update=v) for k, v in sections.items()})
 
 
 def suggestions(cfg: TrainConfig, shape: ModelShape, dtype: str, limit: float) -> list[str]:

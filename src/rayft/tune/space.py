@@ -6,16 +6,14 @@ at once, each with the key and the reason.
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import itertools
 import json
 import math
-import typing
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import ConfigError, _coerce, deep_merge, from_dict
+from ..config import ConfigError, coerce, deep_merge, from_dict, leaves, to_dict
 from ..train.config import TrainConfig
 
 KINDS = ("choice", "grid", "uniform", "loguniform")
@@ -41,15 +39,7 @@ class Param:
 
 def train_leaves(cls: type = TrainConfig, prefix: str = "") -> dict[str, Any]:
     """Every leaf key of the train config (``train.lr``) -> its annotated type."""
-    out: dict[str, Any] = {}
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            out.update(train_leaves(tp, f"{prefix}{f.name}."))
-        else:
-            out[f"{prefix}{f.name}"] = tp
-    return out
+    return leaves(cls, prefix)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -114,7 +104,7 @@ def parse_space(raw: dict, base: dict, fixed: set[str]) -> list[Param]:
         kind, vals = next(iter(spec.items()))
         if isinstance(vals, list):  # typed like the field: YAML reads 1e-4 (no dot) as a string
             try:
-                vals = [_coerce(v, float if kind in ("uniform", "loguniform") else leaves[key], f"{kind}[{i}]")
+                vals = [coerce(v, float if kind in ("uniform", "loguniform") else leaves[key], f"{kind}[{i}]")
                         for i, v in enumerate(vals)]
             except ConfigError as e:
                 problems.append(f"{where}: {e}")
@@ -175,7 +165,7 @@ def data_variants(params: list[Param]) -> list[dict[str, Any]]:
 
 def data_key(cfg: TrainConfig) -> str:
     """Identifies the prepared + tokenized datasets a trial can reuse."""
-    d = dataclasses.asdict(cfg)
+    d = to_dict(cfg)
     return json.dumps({"data": d["data"], "model": d["model"], "seed": cfg.run.seed,
                        "workers": cfg.scaling.num_workers}, sort_keys=True)
 
