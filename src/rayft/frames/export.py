@@ -93,7 +93,7 @@ def _model_for(emb_dir: Path, cfg):
     for meta in (emb_dir / "model.json", emb_dir.parent / "model.json"):  # embed root or its embeddings/
         if meta.exists():
             data = json.loads(meta.read_text())
-            return from_dict(ModelSection, {k: v for k, v in data.items() if k in ModelSection.__dataclass_fields__})
+            return from_dict(ModelSection, {k: v for k, v in data.items() if k in ModelSection.model_fields})
     return cfg.model
 
 

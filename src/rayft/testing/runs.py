@@ -72,7 +72,8 @@ def make_run(run_dir: str | Path, base: str = "tiny-qwen2", seed: int = 0, steps
     cfg = TrainConfig()
     cfg.data.path, cfg.data.language, cfg.data.system_prompt = str(data_file), language, system_prompt
     cfg.model.name, cfg.run.seed, cfg.run.dir, cfg.run.name = base, seed, str(run_dir.parent), run_dir.name
-    cfg.train.method, cfg.train.max_steps, cfg.train.lr = ("full" if full else "lora"), steps, lr
+    # a valid config (train.max_steps >= 1) even for an untrained (steps=0) run; report["steps"] says 0
+    cfg.train.method, cfg.train.max_steps, cfg.train.lr = ("full" if full else "lora"), max(steps, 1), lr
     report = {"run_dir": str(run_dir), "config": to_dict(cfg), "steps": steps, "finished": True,
               "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
               "val_loss": None, "files": {str(data_file): {"format": "prompt_response", "read": len(pairs)}},
