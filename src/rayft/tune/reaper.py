@@ -11,13 +11,24 @@ next trials wait for them forever, and each cleaner (~110 MB) lingers.
 The Reaper (one per sweep, 0 CPU, owned by the sweep driver) watches every trial's
 controller by pinging its actor handle and, once it is dead, removes the placement group
 and kills the orphaned cleaner. With a dashboard both are already gone: a no-op.
+
+Ray internals used (no public API covers them: the cleaner is an unnamed detached actor, and
+listing actors through ``ray.util.state`` needs the very dashboard that is missing): Ray Train's
+controller/worker-group callbacks, the worker group's placement group handle, and the cleaner
+handle that ``PlacementGroupCleanerCallback`` keeps in a private attribute. They were read
+against Ray ``RAY_TESTED``; under another version the cleaner is left alone (the placement group
+is still freed) and tests/test_tune_reaper.py fails until someone re-reads them.
 """
 from __future__ import annotations
 
+import gc
 import threading
 import time
 
 import ray
+
+#: the Ray version whose Ray Train internals this module was checked against
+RAY_TESTED = "2.60.0"
 
 
 @ray.remote(num_cpus=0)
@@ -69,6 +80,17 @@ def _alive(actor) -> bool:
         return False
 
 
+def ray_cleaner_handle():
+    """This controller process's PlacementGroupCleaner actor handle (Ray Train keeps it in
+    ``PlacementGroupCleanerCallback._cleaner``), or None under an unchecked Ray version."""
+    if ray.__version__ != RAY_TESTED:
+        return None
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    cb = next((o for o in gc.get_objects() if isinstance(o, PlacementGroupCleanerCallback)), None)
+    return getattr(cb, "_cleaner", None)
+
+
 def register_callback(reaper, key: str):
     """A Ray Train callback (run in the controller) that hands the worker group's placement
     group, the controller's own handle and Ray's cleaner actor to the Reaper.
@@ -80,15 +102,13 @@ def register_callback(reaper, key: str):
 
     class RegisterWithReaper(ControllerCallback, WorkerGroupCallback):
         def after_worker_group_start(self, worker_group):
-            import gc
             import logging
 
             try:
                 pg = worker_group.get_worker_group_state().placement_group_handle.placement_group
                 me = ray.get_runtime_context().current_actor
                 # Ray's own cleaner for this controller (detached): kill it too once reaped
-                cleaner = next((o._cleaner for o in gc.get_objects()
-                                if type(o).__name__ == "PlacementGroupCleanerCallback"), None)
+                cleaner = ray_cleaner_handle()
                 ray.get(reaper.register.remote(f"{key}:{pg.id.hex()}", me, pg, cleaner), timeout=30)
             except Exception as e:  # never fail training over the workaround
                 logging.getLogger(__name__).warning("rayft sweep: placement group not registered "
