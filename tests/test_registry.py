@@ -14,6 +14,7 @@ import pytest
 from rayft.cli import main
 from rayft.testing.runs import make_run
 from rayft.registry import IntegrityError, Registry, RegistryError
+from rayft.registry.lineage import run_artifact_digest
 
 
 def _eval(decision="promote", champion=None, score=0.5):
@@ -153,7 +154,9 @@ def test_file_uri_and_fetch(tmp_path, runs):
 
 def test_cli_list_show_add_promote_rollback(tmp_path, runs, capsys):
     uri = f"uri={tmp_path / 'reg'}"
-    (runs[1] / "eval.json").write_text(json.dumps(_eval()))
+    # eval.json is bound to the run it evaluated (rayft eval records the artifact digest)
+    (runs[1] / "eval.json").write_text(json.dumps({**_eval(), "candidate": {
+        "run": str(runs[1]), "artifact_digest": run_artifact_digest(runs[1])}}))
     assert main(["registry", "add", uri, f"run={runs[1]}"]) == 0
     v1 = capsys.readouterr().out.strip().splitlines()[-1]
     assert main(["registry", "promote", uri, f"version={v1}"]) == 0

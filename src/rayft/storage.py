@@ -8,8 +8,44 @@ from pathlib import Path
 from typing import Any, Iterable
 
 
+def fsync_dir(path: str | Path) -> None:
+    """fsync a directory so the renames/creates inside it survive a power loss."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # not a directory we can open (e.g. a platform without directory fds)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; nothing more can be done
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """fsync every regular file under ``root``, then every directory (deepest first), then root."""
+    root = Path(root)
+    dirs = []
+    for d, _, names in os.walk(root):
+        dirs.append(d)
+        for n in names:
+            p = os.path.join(d, n)
+            if not os.path.islink(p):
+                fsync_file(p)
+    for d in sorted(dirs, key=len, reverse=True):
+        fsync_dir(d)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write to a temp file in the same directory, fsync, then rename over ``path``."""
+    """Write to a temp file in the same directory, fsync, rename over ``path``, fsync the directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -19,6 +55,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         try:
             os.unlink(tmp)

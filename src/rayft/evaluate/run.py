@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
@@ -88,6 +89,13 @@ def build_metrics(rows: list[dict]) -> dict:
     return out
 
 
+def _candidate_digest(run_dir: str) -> str | None:
+    """The candidate's artifact digest: binds this eval.json (and its gate decision) to these
+    exact weights; ``rayft registry add`` refuses it for any other run."""
+    from ..registry.lineage import run_artifact_digest
+    return run_artifact_digest(Path(run_dir).expanduser())
+
+
 def run_eval(cfg: EvalConfig) -> str:
     """Evaluate, gate, optionally register/promote; returns the eval.json path."""
     t0 = time.time()
@@ -110,10 +118,11 @@ def run_eval(cfg: EvalConfig) -> str:
     decision = decide(metrics, cfg.gate)
     golden = [r for r in rows if r["split"] == "golden"][:3]
     report = {
-        "candidate": {"run": str(Path(cfg.candidate).expanduser().resolve()), "spec": cand},
+        "candidate": {"run": str(Path(cfg.candidate).expanduser().resolve()), "spec": cand,
+                      "artifact_digest": _candidate_digest(cfg.candidate)},
         "champion": champ_ref, "champion_version": champ_version, "champion_spec": champ,
         "data": {s: {"rows": t.num_rows, "hash": eval_data.digest(t)} for s, t in tables.items()},
-        "metrics": metrics, "gate": to_dict(cfg.gate), **decision,
+        "metrics": metrics, "gate": asdict(cfg.gate), **decision,
         "score": {"similarity": cfg.score.similarity if cfg.score.generate else None,
                   "embed_model": cfg.score.embed_model if cfg.score.similarity == "embedding" else None},
         "samples": [{"prompt": r["prompt"], "reference": r["response"], "candidate": r["candidate_text"],

@@ -30,7 +30,15 @@ def run_spec(run_dir: str | Path, label: str = "candidate") -> dict:
     rep = run / "report.json"
     if not rep.exists():
         raise ConfigError(f"{run}: no report.json; is this a finished `rayft train` run directory?")
-    cfg = json.loads(rep.read_text()).get("config") or {}
+    try:
+        report = json.loads(rep.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ConfigError(f"{rep}: corrupt report.json: expected the JSON object `rayft train` writes "
+                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    cfg = report.get("config") if isinstance(report, dict) else None
+    if not isinstance(cfg or {}, dict) or not isinstance((cfg or {}).get("model", {}), dict):
+        raise ConfigError(f"{rep}: expected a JSON object with a 'config' object (the report `rayft train` writes)")
+    cfg = cfg or {}
     m = cfg.get("model", {})
     spec = base_spec(m.get("name", ""), cfg.get("run", {}).get("seed", 0), m.get("trust_remote_code", False),
                      cfg.get("data", {}).get("system_prompt", ""), label)
@@ -45,10 +53,13 @@ def run_spec(run_dir: str | Path, label: str = "candidate") -> dict:
     return spec
 
 
-def manifest_spec(manifest: dict, local_dir: Path, label: str) -> dict:
-    """Spec of a registry version whose verified artifacts are in ``local_dir``."""
+def manifest_spec(manifest: dict, local_dir: Path, label: str, trust_remote_code: bool = False) -> dict:
+    """Spec of a registry version whose verified artifacts are in ``local_dir``.
+
+    A manifest never turns remote code on (its ``base_model.trust_remote_code`` is ignored);
+    only the caller's own config can, through ``trust_remote_code``."""
     b = manifest["base_model"]
-    spec = base_spec(b["name"], b.get("seed", 0), b.get("trust_remote_code", False),
+    spec = base_spec(b["name"], b.get("seed", 0), bool(trust_remote_code),
                      manifest.get("system_prompt", ""), label)
     if manifest["kind"] == "lora":
         spec["adapter"] = str(local_dir / "adapter")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError, opt
-from .lineage import RegistryError
+from .lineage import RegistryError, check_eval_report
 from .registry import Registry
 
 
@@ -39,8 +39,13 @@ def _errors():
         raise ConfigError(str(e)) from None
 
 
-def _reg(cfg: RegistryConfig) -> Registry:
-    return Registry(cfg.uri, cfg.name)
+def _reg(cfg: RegistryConfig, must_exist: bool = True) -> Registry:
+    """The registry; reading commands refuse a root that does not exist (a typo must not look
+    like an empty registry)."""
+    reg = Registry(cfg.uri, cfg.name)
+    if must_exist:
+        reg.require_exists()
+    return reg
 
 
 def _fmt_score(m: dict) -> str:
@@ -80,17 +85,40 @@ def run_show(cfg: RegistryConfig) -> str:
     return json.dumps(m, indent=2, ensure_ascii=False, default=str)
 
 
+def _read_eval(path: Path) -> dict:
+    """eval.json as a dict, or a one-line ConfigError naming the file and what was expected."""
+    try:
+        ev = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ConfigError(f"eval: {path}: corrupt eval.json: expected the JSON written by `rayft eval` "
+                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    try:
+        check_eval_report(ev, f"eval: {path}")
+    except RegistryError as e:
+        raise ConfigError(str(e)) from None
+    cand = ev.get("candidate")
+    if not isinstance(cand, dict) or not isinstance(cand.get("artifact_digest"), str):
+        raise ConfigError(f"eval: {path}: no candidate.artifact_digest, so it cannot be bound to a run "
+                          "(written by an older `rayft eval`?); re-run `rayft eval` on this run")
+    return ev
+
+
 def run_add(cfg: RegistryConfig) -> str:
-    """Register a finished run (with its eval.json when present); prints the version id."""
+    """Register a finished run (with its eval.json when present); prints the version id.
+
+    The eval.json must have been made for this run's artifacts (its ``candidate.artifact_digest``);
+    another run's gate decision is refused."""
     if not cfg.run:
         raise ConfigError("run is required: the run directory printed by `rayft train`")
     run = Path(os.path.expanduser(cfg.run))
+    if not run.is_dir():
+        raise ConfigError(f"run: {run} is not a directory (the run directory printed by `rayft train`)")
     ev_path = Path(os.path.expanduser(cfg.eval)) if cfg.eval else run / "eval.json"
     if cfg.eval and not ev_path.exists():
         raise ConfigError(f"eval: {ev_path} not found")
-    ev = json.loads(ev_path.read_text()) if ev_path.exists() else None
+    ev = _read_eval(ev_path) if ev_path.exists() else None
     with _errors():
-        reg = _reg(cfg)
+        reg = _reg(cfg, must_exist=False)
         m = reg.register(run, ev)
         reg.cleanup(cfg.keep_best)
     return m["version"]

@@ -60,9 +60,23 @@ class Store:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, dest)
+            from ..storage import fsync_dir
+            fsync_dir(os.path.dirname(dest))
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+    def fsync_dir(self, rel: str) -> None:
+        """Make renames inside ``rel`` durable (local disks; object stores need nothing)."""
+        if self.local:
+            from ..storage import fsync_dir
+            fsync_dir(self.path(rel))
+
+    def fsync_tree(self, rel: str) -> None:
+        """fsync every file and directory under ``rel`` (local disks)."""
+        if self.local:
+            from ..storage import fsync_tree
+            fsync_tree(self.path(rel))
 
     def list_dir(self, rel: str) -> list[str]:
         """Names directly under ``rel`` (empty if it does not exist)."""
@@ -86,6 +100,12 @@ class Store:
             while chunk := src.read(CHUNK):
                 h.update(chunk)
                 out.write(chunk)
+        if self.local:  # durable before the manifest that names it is written
+            fd = os.open(dest, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         return h.hexdigest()
 
     def download(self, rel: str, local: Path) -> str:
@@ -96,6 +116,8 @@ class Store:
             while chunk := src.read(CHUNK):
                 h.update(chunk)
                 out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
         return h.hexdigest()
 
     def sha256(self, rel: str) -> str:
