@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,28 @@ def cfg(*overrides: str) -> TrainConfig:
 
 
 def _snapshot(name: str, got: dict) -> None:
+    """Compare with tests/snapshots/<name>.json. A missing snapshot fails; RAYFT_UPDATE_SNAPSHOTS=1
+    (re)writes it - then review the diff and commit it."""
     path = SNAP / f"{name}.json"
-    if os.environ.get("RAYFT_UPDATE_SNAPSHOTS") or not path.exists():
+    if os.environ.get("RAYFT_UPDATE_SNAPSHOTS") == "1":
         path.parent.mkdir(exist_ok=True)
         path.write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
+    assert path.exists(), f"{path} missing; write it with RAYFT_UPDATE_SNAPSHOTS=1, review and commit it"
     assert got == json.loads(path.read_text()), f"{name} changed; if intended rerun with RAYFT_UPDATE_SNAPSHOTS=1"
+
+
+def test_missing_snapshot_fails(monkeypatch, tmp_path):
+    """The check itself: no snapshot on disk is a failure, not a freshly written pass."""
+    monkeypatch.setattr(sys.modules[__name__], "SNAP", tmp_path)
+    monkeypatch.delenv("RAYFT_UPDATE_SNAPSHOTS", raising=False)
+    with pytest.raises(AssertionError, match="missing"):
+        _snapshot("deepspeed_nothing", {"a": 1})
+    assert not (tmp_path / "deepspeed_nothing.json").exists()
+    monkeypatch.setenv("RAYFT_UPDATE_SNAPSHOTS", "1")
+    _snapshot("deepspeed_nothing", {"a": 1})  # the explicit regenerate path writes it
+    monkeypatch.delenv("RAYFT_UPDATE_SNAPSHOTS")
+    with pytest.raises(AssertionError, match="changed"):
+        _snapshot("deepspeed_nothing", {"a": 2})
 
 
 @pytest.mark.parametrize("name,overrides,world,dtype", [
