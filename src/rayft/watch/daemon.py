@@ -220,7 +220,8 @@ class Watcher:
                    f"kept, {rep.get('rows_rejected')} rejected (curate {run}, {time.time() - t0:.0f} s); new "
                    f"train rows per line: " + ", ".join(f"{k}={v}" for k, v in per_line.items()),
                    files=[f for f, _ in taken], curate_run=run, rows_in=rep.get("rows_in"),
-                   rows_kept=rep.get("rows_kept"), rows_rejected=rep.get("rows_rejected"), per_line=per_line)
+                   rows_kept=rep.get("rows_kept"), rows_rejected=rep.get("rows_rejected"), per_line=per_line,
+                   curate_s=round(time.time() - t0, 2))
         return run
 
     # ------------------------------------------------------------------ lines and data
@@ -252,12 +253,13 @@ class Watcher:
         import pyarrow.parquet as pq
 
         from ..data.records import PAIR_COLUMNS, PAIRS_SCHEMA, content_hash
-        from ..storage import atomic_write_bytes
+        from ..storage import atomic_write_bytes, atomic_write_json
 
         out = self.line_dir(line) / "cycles" / cyc["id"] / "mix"
-        target = out / "part-0.parquet"
-        if target.exists():
-            return out  # a retry: same rows, so a resumed run sees the same data
+        target, info = out / "part-0.parquet", out.parent / "mix.json"
+        if target.exists() and info.exists():  # a retry or restart: same rows, so a resumed run sees the same data
+            cyc["mix"] = json.loads(info.read_text(encoding="utf-8"))
+            return out
 
         def read(files):
             if not files:
@@ -277,6 +279,7 @@ class Watcher:
         atomic_write_bytes(target, buf.getvalue())
         cyc["mix"] = {"new_rows": new.num_rows, "replay_rows": len(pick), "old_rows": old.num_rows,
                       "ratio": self.cfg.watch.replay_ratio, "path": str(out)}
+        atomic_write_json(info, cyc["mix"])
         return out
 
     # ------------------------------------------------------------------ cycles
