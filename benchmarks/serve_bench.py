@@ -211,8 +211,6 @@ def hot_swap(url: str, key: str, uri: str, v1: str, v2: str, clients: int, max_t
 
 def redeploy_baseline(url: str, key: str, cfg, clients: int, max_tokens: int) -> dict:
     """Same load across a Serve rolling update of the model deployment (replica restart)."""
-    from dataclasses import replace
-
     from ray import serve
 
     from rayft.serve.app import build_app
@@ -221,7 +219,8 @@ def redeploy_baseline(url: str, key: str, cfg, clients: int, max_tokens: int) ->
         time.sleep(3)
         t = time.time()
         # a different torch thread count changes the replica's init args -> rolling update
-        serve.run(build_app(replace(cfg, torch_threads=(cfg.torch_threads or 1) + 1)), name=cfg.app_name,
+        serve.run(build_app(cfg.model_copy(update={"torch_threads": (cfg.torch_threads or 1) + 1})),
+                  name=cfg.app_name,
                   route_prefix=cfg.route_prefix)
         redeploy_s = time.time() - t
         time.sleep(3)

@@ -302,6 +302,9 @@ def _one(err: dict, cls: type) -> tuple[str, str, bool]:
         return dotted, f"expected {kind} {_bounds(finfo) or err.get('msg', '')}, got {got}", True
     if typ == "finite_number":
         return dotted, f"expected {'an integer' if kind == 'an integer' else 'a finite number'}, got {got}", True
+    if typ == "too_short":
+        n = (err.get("ctx") or {}).get("min_length", 1)
+        return dotted, f"expected at least {n} item{'s' if n != 1 else ''}, got {got}", True
     if typ == "string_type" and isinstance(inp, bool):
         return dotted, (f"expected a string, got {got} (YAML reads yes/no/on/off/true/false as booleans: "
                         "quote the value)"), True
@@ -438,7 +441,9 @@ def _list_of_text(raw: str) -> Any:
     try:
         return yaml.load(raw, Loader=yaml.BaseLoader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"not a valid list: {_yaml_problem(e)}") from None
+        raise ConfigError(f"not valid YAML: {_yaml_problem(e)}") from None
+    except RecursionError:
+        raise ConfigError("not valid YAML: nested too deeply") from None
 
 
 def parse_value(raw: str, tp: Any) -> Any:
@@ -472,7 +477,7 @@ def _yaml_value(raw: str) -> Any:
         return ""
     try:
         return yaml.safe_load(raw)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return raw
 
 

@@ -112,7 +112,7 @@ class ExportSection(Section):
     def _trigger_template(self):
         try:
             self.trigger.format(id=0)
-        except (KeyError, IndexError, ValueError, AttributeError) as e:
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
             raise ConfigError(f"export.trigger: bad template {self.trigger!r}: {e}") from None
         return self
 

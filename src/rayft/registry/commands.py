@@ -9,16 +9,14 @@ import contextlib
 import datetime as dt
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, opt
+from ..config import ConfigError, Section, opt
 from .lineage import RegistryError, check_eval_report
 from .registry import Registry
 
 
-@dataclass
-class RegistryConfig:
+class RegistryConfig(Section):
     uri: str = opt("runs/registry", "registry root: a local path or a pyarrow filesystem URI (s3://..., file://...)")
     name: str = opt("default", "model line inside the registry (e.g. default, en, zh)")
     version: str = opt("", "version id (v{unix_ts}_{hash4}) or alias (champion, previous); "
@@ -27,7 +25,7 @@ class RegistryConfig:
     eval: str = opt("", "add: eval.json from `rayft eval` (default <run>/eval.json when it exists)")
     force: bool = opt(False, "promote a version that did not pass the gate against the current champion")
     keep_best: int = opt(0, "cleanup (and after add/promote): keep the N best-scoring versions; "
-                         "champion and previous are never deleted (0: keep all)")
+                         "champion and previous are never deleted (0: keep all)", ge=0)
     json: bool = opt(False, "print JSON instead of a table")
 
 

@@ -2,61 +2,57 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 
-from ..config import ConfigError, opt
+from pydantic import model_validator
+
+from ..config import ConfigError, Section, opt
 
 
-@dataclass
-class ServeConfig:
+class ServeConfig(Section):
     registry: str = opt("runs/registry", "registry root (local path or pyarrow URI such as s3://bucket/registry)")
     models: list[str] = opt(["default"], "registry model lines to host, e.g. [en, zh]. A request's model is "
                             "a line (its champion), line:champion, line:previous, line:<version>, a bare "
-                            "version id, or auto (route by the prompt's language)")
-    languages: dict = opt({}, "language -> model line for `auto`/alias requests, e.g. {en: en, zh: zh} "
-                          "(W1: separate English and Chinese models)")
+                            "version id, or auto (route by the prompt's language)", min_length=1)
+    languages: dict[str, str] = opt({}, "language -> model line for `auto`/alias requests, e.g. {en: en, "
+                                    "zh: zh} (separate English and Chinese models)")
     default_model: str = opt("", "line used when language routing does not decide ('' = first of models)")
     host: str = opt("127.0.0.1", "HTTP bind address; anything but loopback requires an API key")
-    port: int = opt(8000, "HTTP port")
+    port: int = opt(8000, "HTTP port", ge=1, le=65535)
     app_name: str = opt("rayft", "Ray Serve application name")
     route_prefix: str = opt("/", "HTTP route prefix of the application")
     api_key: str = opt("", "bearer token clients must send (prefer api_key_env: this one ends up in files)")
     api_key_env: str = opt("RAYFT_API_KEY", "environment variable holding the bearer token (used when set)")
     api_key_file: str = opt("", "file holding the bearer token (first line; e.g. a secret mounted on the "
                             "cluster); used when api_key_env is not set")
-    replicas: int = opt(1, "replicas per base-model deployment")
-    num_cpus: float = opt(1.0, "CPUs per model replica (fractional allowed)")
-    torch_threads: int = opt(0, "torch threads per model replica (0: from num_cpus)")
-    max_ongoing_requests: int = opt(32, "concurrent requests per replica before Serve queues them")
-    alias_refresh_s: float = opt(1.0, "how often the gateway re-reads the registry aliases (hot swap delay)")
-    max_tokens_default: int = opt(64, "max_tokens when a request does not set it")
-    max_tokens_limit: int = opt(512, "largest max_tokens a request may ask for")
+    replicas: int = opt(1, "replicas per base-model deployment", ge=1)
+    num_cpus: float = opt(1.0, "CPUs per model replica (fractional allowed)", gt=0)
+    torch_threads: int = opt(0, "torch threads per model replica (0: from num_cpus)", ge=0)
+    max_ongoing_requests: int = opt(32, "concurrent requests per replica before Serve queues them", ge=1)
+    alias_refresh_s: float = opt(1.0, "how often the gateway re-reads the registry aliases (hot swap delay)", gt=0)
+    max_tokens_default: int = opt(64, "max_tokens when a request does not set it", ge=1)
+    max_tokens_limit: int = opt(512, "largest max_tokens a request may ask for", ge=1)
     max_prompt_tokens: int = opt(0, "longest prompt in tokens; longer ones get HTTP 400 before generation "
-                                 "(0: the model's context length minus the request's max_tokens)")
+                                 "(0: the model's context length minus the request's max_tokens)", ge=0)
     queue_timeout_s: float = opt(30.0, "how long a request waits for a replica busy with another model version "
-                                 "before HTTP 503 with Retry-After")
+                                 "before HTTP 503 with Retry-After", ge=0)
     allow_unpromoted_versions: bool = opt(False, "also serve versions the gate did not accept when a request "
                                           "names them (default: only champion, previous and accepted versions)")
     load_retry_s: float = opt(5.0, "first retry delay after a champion fails to load (doubles each time, "
-                              "at most 300 s)")
+                              "at most 300 s)", gt=0)
     api_docs: bool = opt(False, "serve /openapi.json and /docs (off: they describe the API to anyone)")
     blocking: bool = opt(True, "keep `rayft serve` in the foreground until Ctrl-C (false: deploy and return)")
 
-    def validate(self) -> None:
-        if not self.models:
-            raise ConfigError("models: list at least one registry model line to serve")
+    @model_validator(mode="after")
+    def _routing(self):
         if self.default_model and self.default_model not in self.models:
             raise ConfigError(f"default_model {self.default_model!r} is not one of models {self.models}")
         bad = {k: v for k, v in self.languages.items() if v not in self.models}
         if bad:
             raise ConfigError(f"languages: {bad} route to lines not in models {self.models}")
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"port: expected 1..65535, got {self.port}")
-        if self.replicas < 1 or self.num_cpus <= 0 or self.max_tokens_default < 1 \
-                or self.max_tokens_limit < self.max_tokens_default:
-            raise ConfigError("need replicas >= 1, num_cpus > 0, 1 <= max_tokens_default <= max_tokens_limit")
-        if self.max_prompt_tokens < 0 or not self.queue_timeout_s >= 0 or not self.load_retry_s > 0:
-            raise ConfigError("need max_prompt_tokens >= 0, queue_timeout_s >= 0, load_retry_s > 0")
+        if self.max_tokens_limit < self.max_tokens_default:
+            raise ConfigError(f"max_tokens_limit ({self.max_tokens_limit}) must be >= max_tokens_default "
+                              f"({self.max_tokens_default})")
+        return self
 
     def resolved_key(self) -> str:
         """The API key in force: $api_key_env when set, else the first line of api_key_file,

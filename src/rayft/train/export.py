@@ -9,23 +9,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, opt
+from pydantic import ValidationInfo, model_validator
+
+from ..config import ConfigError, Section, complete, opt
 
 
-@dataclass
-class ExportConfig:
+class ExportConfig(Section):
     run: str = opt("", "run directory written by `rayft train` (holds adapter/ or model/, state.json "
                    "in checkpoints/)")
     output: str = opt("", "output model directory (default: <run>/merged)")
     prompt: str = opt("", "optional: generate an answer to this prompt with the exported model")
-    max_new_tokens: int = opt(32, "tokens to generate for the prompt")
+    max_new_tokens: int = opt(32, "tokens to generate for the prompt", ge=1)
 
-    def validate(self) -> None:
-        if not self.run:
+    @model_validator(mode="after")
+    def _required(self, info: ValidationInfo):
+        if complete(info) and not self.run:
             raise ConfigError("run is required: the run directory printed by `rayft train`")
+        return self
 
 
 def _run_meta(run_dir: Path) -> dict:
