@@ -69,6 +69,8 @@ class Watcher:
         self.registry_uri = str(watch_dir / "registry")
         self.prev_scan: dict[str, tuple] = {}
         self.known: dict[tuple, str] = {}      # (path, size, mtime_ns) -> sha256
+        self.bad: set[tuple] = set()           # (path, size, mtime_ns) whose curation kept failing
+        self.curate_failures = 0
         self.unstable: list[str] = []
         self.stop = False
         self.res_blocked: list[str] = []
@@ -159,8 +161,8 @@ class Watcher:
         new, seen, unstable = [], set(), []
         for f, (size, mtime) in sorted(cur.items()):
             key = (f, size, mtime)
-            if key in self.known and led.has_file(self.known[key]):
-                continue  # already ingested, unchanged since
+            if key in self.bad or (key in self.known and led.has_file(self.known[key])):
+                continue  # already ingested (or given up on), unchanged since
             if f not in stable:
                 unstable.append(f)
                 continue
@@ -286,8 +288,9 @@ class Watcher:
     def new_cycle(self, line: str, runs: list[str], reason: str) -> dict:
         ls = self.state.line(line)
         champion = self.registry(line).aliases().get("champion")
-        kinds = P.plan_stages(bool(champion), ls["cycles_since_full"], self.cfg.watch.full_every,
-                              self.cfg.watch.warmup_epochs > 0)
+        # a scheduled retrain has no new rows to add incrementally: it retrains on every row
+        kinds = P.plan_stages(bool(champion) and reason != "schedule", ls["cycles_since_full"],
+                              self.cfg.watch.full_every, self.cfg.watch.warmup_epochs > 0)
         cid = self.state.next_cycle_id()
         steps = [{"name": k, "status": "pending", "attempt": 0} for k in kinds]
         steps += [{"name": k, "status": "pending", "attempt": 0} for k in ("eval", "register", "promote")]
@@ -491,7 +494,7 @@ class Watcher:
         g = rep.get("guard") or {}
         for ev in g.get("events") or []:
             self.alert("guard", f"{line}: {cyc['id']} {st['name']}: {ev.get('event')}: "
-                       f"{ev.get('message') or ''}".strip(), line=line, cycle=cyc["id"], **ev)
+                       f"{ev.get('message') or ''}".strip(), line=line, cycle=cyc["id"], guard=ev)
         return res
 
     def do_eval(self, line: str, cyc: dict, st: dict) -> dict:
@@ -609,10 +612,10 @@ class Watcher:
                 self.activity = "scanning"
                 new = self.scan()
                 if new:
-                    self.ingest(new)
+                    self.guarded("curate", "", lambda: self.ingest(new), files=[f for f, _ in new])
                 ran = False
                 for line in self.lines():
-                    ran = self.step_line(line) or ran
+                    ran = bool(self.guarded("cycle", line, lambda: self.step_line(line))) or ran
                 self.activity = "idle"
                 self.write_status()
                 if c.once and not new and not ran and not self.unstable and not self.runnable():
@@ -631,6 +634,36 @@ class Watcher:
                 import ray
                 ray.shutdown()
         return str(self.dir)
+
+    def guarded(self, what: str, line: str, fn, files: list[str] | None = None):
+        """Run ``fn``; a failure is logged and alerted, and never stops the daemon. Files whose
+        curation failed watch.max_retries times in a row are left alone until they change."""
+        try:
+            out = fn()
+            if what == "curate":
+                self.curate_failures = 0
+            return out
+        except StopRequested:
+            raise
+        except Exception as e:  # noqa: BLE001
+            self.log(f"{what} failed: {_short(e)}\n{traceback.format_exc(limit=4)}")
+            if what == "curate":
+                self.curate_failures = getattr(self, "curate_failures", 0) + 1
+                n = self.curate_failures
+                self.alert("stage_failed", f"curate of {len(files or [])} new file(s) failed (attempt {n}/"
+                           f"{self.cfg.watch.max_retries}): {_short(e)}", files=files)
+                if n >= self.cfg.watch.max_retries:
+                    self.alert("failed", f"curate failed {n} times; leaving these files alone until they change: "
+                               + ", ".join(files or []), files=files)
+                    for f in files or []:  # skipped by scan() until their size/mtime change
+                        for key in [k for k in self.known if k[0] == f]:
+                            self.bad.add(key)
+                    self.curate_failures = 0
+                else:
+                    time.sleep(P.backoff(n + 1, self.cfg.watch.backoff_s, self.cfg.watch.backoff_max_s))
+            else:
+                self.alert("stage_failed", f"{line}: {what} failed: {_short(e)}", line=line)
+            return None
 
     def runnable(self) -> bool:
         """Is there a line with work it could do now (not paused, not waiting)?"""
