@@ -40,7 +40,7 @@ def plain_loop(cfg, steps: int, batch: int, micro: int) -> dict:
     from rayft.models.load import load_tokenizer, resolve_source
     from rayft.data.formats import read_pairs
     from rayft.train.launch import prepare
-    from rayft.train.loop import build_model
+    from rayft.train.build import build_model
 
     torch.set_num_threads(2)
     p = prepare(cfg, read=read_pairs)  # in-process read: the baseline has no Ray

@@ -118,16 +118,6 @@ def test_loss_only_on_response_tokens(text):
     assert trunc2 and len(ids2) == 32 and any(x != IGNORE for x in labels2)
 
 
-def test_lr_warmup_then_cosine():
-    from rayft.train.loop import lr_lambda
-
-    f = lr_lambda(warmup=4, total=20, min_ratio=0.1)
-    ramp = [f(s) for s in range(4)]
-    assert ramp == sorted(ramp) and ramp[0] == 0.25 and f(3) == 1.0
-    decay = [f(s) for s in range(4, 21)]
-    assert decay == sorted(decay, reverse=True) and abs(f(20) - 0.1) < 1e-9
-
-
 def test_checkpoint_optimizer_roundtrip_is_exact(tmp_path):
     import torch
 

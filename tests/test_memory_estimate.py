@@ -50,7 +50,7 @@ def test_shape_from_config_without_weights(qwen05):
 
 def test_freeze_embeddings_counts_and_builds(qwen05):
     from rayft.models.load import load_tokenizer
-    from rayft.train.engine import build_model
+    from rayft.train.build import build_model
 
     assert qwen05.embed_params == 151936 * 896 and qwen05.largest_non_embed == 4864 * 896
     base = ["train.method=full", "train.strategy=zero3", "scaling.num_workers=4", "train.offload_optimizer=nvme"]
@@ -66,7 +66,7 @@ def test_freeze_embeddings_counts_and_builds(qwen05):
 
 def test_lora_count_matches_peft():
     from rayft.models.load import load_tokenizer
-    from rayft.train.engine import build_model
+    from rayft.train.build import build_model
     from rayft.train.shape import model_shape
 
     c = cfg()

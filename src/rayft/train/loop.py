@@ -1,19 +1,32 @@
-"""train_loop_per_worker: the ONLY caller of ray.train.* APIs in rayft.
+"""What every Ray Train worker runs: ``train_loop_per_worker``, a short loop over named steps.
 
-Data order is fully determined by (seed, epoch, step): each worker pulls its shard
-once (deterministic split, see launch._ray_datasets), orders it by row index and
-walks a seeded per-epoch permutation. With model, optimizer, scheduler, step and every
-worker's RNG restored from the checkpoint, a resumed run continues the exact same loss
-curve as an uninterrupted one. How a step is taken (DDP or DeepSpeed ZeRO) lives in
-engine.py / zero.py; the memory watchdog in watchdog.py.
+The worker's state lives in one ``Worker`` object (engine, step, guard, metrics window,
+data shards); the loop body reads as the recipe of one optimizer step:
+
+    optimizer_step -> guard on the training loss -> (log | validate | checkpoint) -> next
+
+Data order is fully determined by (seed, epoch, step): each worker pulls its shard once
+(deterministic split on the driver, see datasets.tokenized_datasets), orders it by row index
+and walks a seeded per-epoch permutation. With model, optimizer, scheduler, step and every
+worker's RNG restored from the checkpoint, a resumed run continues the exact same loss curve
+as an uninterrupted one.
+
+Ray Train on the worker side is all here: ``get_context``, ``get_checkpoint``,
+``get_dataset_shard``, ``report`` with a ``Checkpoint``, ``torch.prepare_model`` and
+``torch.get_device``. On the driver side, launch.py builds the TorchTrainer, datasets.py its
+DataConfig, and tune/trial.py and tune/reaper.py add Ray Train callbacks. How a step is taken (DDP or DeepSpeed ZeRO) lives in
+engine.py / zero.py, what to do on NaN or rising validation loss in guard.py, the memory
+watchdog in watchdog.py.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +36,386 @@ from ..config import from_dict
 from ..data.tokenize import collate
 from ..storage import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from . import checkpoint as ckpt_io
+from .build import epoch_order_seed, worker_torch_seed
 from .config import TrainConfig
-from .engine import build_model, lr_lambda  # noqa: F401  (re-exported: benchmarks import them here)
-from .watchdog import GB, RssWatchdog, peak_rss_bytes, stop_message
+from .memory import GB
+from .watchdog import RssWatchdog, peak_rss_bytes, stop_message
+
+Row = tuple  # (input_ids, labels, row_idx, truncated)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's per-worker function. ``config``: {"cfg": TrainConfig as a dict, "source":
+    resolved model source, "run_dir", "deepspeed": final DeepSpeed dict or None}."""
+    w = Worker(config)                        # 1. tokenizer, engine, checkpoint restore, data shards
+    w.validate_at_start()                     # 2. step-0 validation loss (fresh runs)
+    while w.step < w.stop_at:
+        loss, tokens, mem_stop = w.optimizer_step()   # 3. accumulated micro-batches + one update
+        kind = w.on_guard(w.guard.on_step(w.step, loss))  # 4. NaN/Inf -> rollback or stop
+        if kind == "stop":
+            break
+        if kind == "rollback":
+            continue
+        w.window.add(loss, tokens)
+        due = w.due(mem_stop)
+        if not due:
+            continue
+        metrics = w.metrics(due, mem_stop)    # 5. metrics window (+ validation, + peak RSS)
+        if metrics.get("val_loss") is not None:            # validated: NaN -> rollback or stop
+            kind = w.on_guard(w.guard.on_val_loss(w.step, metrics["val_loss"]))
+            if kind == "stop":
+                break
+            if kind == "rollback":
+                continue
+        w.report(metrics, checkpoint="checkpoint" in due)  # 6. metrics.jsonl + Ray Train report/checkpoint
+        if mem_stop:
+            w.print_memory_stop(metrics["memory_stop"])
+            break
+        w.window.reset()
+    w.finish()                                # 7. final peak RSS, scratch cleanup
+
+
+@dataclass
+class Window:
+    """Training metrics accumulated since the last logged step."""
+
+    loss: float = 0.0
+    tokens: float = 0.0
+    steps: int = 0
+    last_loss: float = 0.0
+    t0: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: float, tokens: float) -> None:
+        self.last_loss = loss
+        self.loss += loss
+        self.tokens += tokens
+        self.steps += 1
+
+    def reset(self) -> None:
+        self.loss, self.tokens, self.steps, self.last_loss, self.t0 = 0.0, 0.0, 0, 0.0, time.perf_counter()
+
+
+class Shards:
+    """This worker's rows, pulled once from Ray Data and ordered by row index."""
+
+    def __init__(self, rank: int, batch_size: int, seed: int):
+        self.train, self.val = _pull_shard("train"), _pull_shard("val")
+        self.rank, self.bs, self.seed = rank, batch_size, seed
+        self.n_batches = len(self.train) // batch_size
+
+    def check(self) -> None:
+        if self.n_batches == 0:
+            raise ValueError(f"worker {self.rank} has {len(self.train)} training rows, fewer than "
+                             f"train.batch_size={self.bs}")
+
+    def micro_batch(self, m: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+        """Micro-batch number ``m`` of the run (across epochs) and its epoch."""
+        epoch, j = divmod(m, self.n_batches)
+        perm = np.random.default_rng(epoch_order_seed(self.seed, epoch)).permutation(len(self.train))
+        return [(self.train[i][0], self.train[i][1]) for i in perm[j * self.bs:(j + 1) * self.bs]], epoch
+
+
+class Faults:
+    """Test-only fault injection, a no-op unless ``guard.inject_nan_at`` lists steps.
+
+    At each listed step (the first time it runs: a step already answered by a guard rollback
+    is not poisoned again, also after a resume) it leaves what a diverging step leaves
+    behind: NaN weights and a NaN loss. Only the guard's rollback can recover from it."""
+
+    def __init__(self, steps: list[int]):
+        self.steps = set(steps)
+
+    def after_step(self, step: int, loss: float, engine, guard) -> float:
+        if step not in self.steps or any(e.get("step") == step for e in guard.events
+                                         if e["event"].startswith("nonfinite")):
+            return loss
+        with torch.no_grad():
+            for p in engine.model.parameters():
+                if p.requires_grad and p.numel():
+                    p.fill_(float("nan"))
+        return float("nan")
+
+
+class Worker:
+    """One training worker's whole state and the named steps of the loop."""
+
+    def __init__(self, config: dict):
+        import ray.train
+
+        from ..models.load import load_tokenizer
+        from .guard import TrainingGuard
+
+        self.config = config
+        self.cfg = cfg = from_dict(TrainConfig, config["cfg"])
+        self.source, self.run_dir = config["source"], Path(config["run_dir"])
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        torch.set_num_threads(cfg.scaling.torch_threads or max(1, int(round(cfg.scaling.cpus_per_worker))))
+        (self.run_dir / "workers").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "workers" / f"rank{self.rank}.pid", str(os.getpid()))
+        mem = cfg.memory
+        self.watchdog = RssWatchdog(mem.budget_gb * mem.stop_fraction * GB if mem.budget_gb > 0 else 0,
+                                    mem.sample_interval_s)
+        self.watchdog.start()
+        rss_start = self.watchdog.sample()
+        self.tok = load_tokenizer(self.source, cfg.model.trust_remote_code)
+        rss_runtime = self.watchdog.sample()  # torch + transformers + ray.train (+ tokenizer): the fixed cost
+
+        self.engine = self._new_engine()
+        self.guard = TrainingGuard(cfg.guard)
+        self.faults = Faults(cfg.guard.inject_nan_at)
+        self.step, self.resumed_from = 0, None
+        self._restore_or_seed()
+        self.engine.wrap(ray.train.torch.prepare_model)
+        self.device = ray.train.torch.get_device()
+        rss_built = self.watchdog.sample()
+
+        self.data = Shards(self.rank, cfg.train.batch_size, cfg.run.seed)
+        self._write_data_stats()
+        self.data.check()
+        mem_rows = self.gather({"rss_start_mb": rss_start / 2**20, "rss_runtime_mb": rss_runtime / 2**20,
+                                "rss_built_mb": rss_built / 2**20})
+        if self.rank == 0:
+            self._truncate_metrics(self.step)  # metrics logged after the checkpoint we resumed from are re-run
+            atomic_write_json(self.run_dir / "memory.json", {k: [r[k] for r in mem_rows] for k in mem_rows[0]}
+                              | {"strategy": cfg.train.strategy, "budget_gb": mem.budget_gb})
+        self.stop_at = cfg.train.max_steps
+        if cfg.train.stop_after_steps:
+            self.stop_at = min(self.stop_at, self.step + cfg.train.stop_after_steps)
+        self.epoch = 0
+        self.window = Window()
+
+    # ---- set-up ------------------------------------------------------------------------------
+    def _new_engine(self):
+        from .engine import make_engine
+
+        return make_engine(self.cfg, self.source, self.tok, self.world, self.config.get("deepspeed"))
+
+    def _restore_or_seed(self) -> None:
+        """Resume from Ray Train's checkpoint (model, optimizer, schedule, step, guard, RNG), or
+        seed this worker's torch RNG for a fresh start."""
+        import ray.train
+
+        from .build import set_lr_scale
+        from .guard import TrainingGuard
+
+        seed = self.cfg.run.seed
+        restored = ray.train.get_checkpoint()
+        if restored is None:
+            torch.manual_seed(worker_torch_seed(seed, self.rank))
+            return
+        with restored.as_directory() as d:
+            state = self.engine.restore(Path(d), self.rank, self.world)
+            self.step = self.resumed_from = int(state["step"])
+            if state.get("guard"):  # rollbacks so far and the learning-rate scale survive a resume
+                self.guard = TrainingGuard.from_state_dict(state["guard"])
+                self.guard.cfg = self.cfg.guard
+                set_lr_scale(self.engine.sched, self.cfg.train.lr, self.guard.lr_scale)
+            if state.get("world_size") == self.world:
+                ckpt_io.load_rng(Path(d) / f"rng_rank{self.rank}.safetensors")
+            else:
+                torch.manual_seed(worker_torch_seed(seed, self.rank, self.step))
+
+    def _write_data_stats(self) -> None:
+        d = self.data
+        n = self.all_sum([sum(r[3] for r in d.train), sum(r[3] for r in d.val), len(d.train), len(d.val)])
+        if self.rank == 0:
+            atomic_write_json(self.run_dir / "data_stats.json", {
+                "train_truncated": int(n[0]), "val_truncated": int(n[1]),
+                "train_rows_in_shards": int(n[2]), "val_rows_in_shards": int(n[3])})
+
+    # ---- collectives ---------------------------------------------------------------------
+    def all_sum(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64)
+        if self.world > 1:
+            import torch.distributed as dist
+            dist.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, obj) -> list:
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+            dist.barrier()
+
+    # ---- the named steps of the loop -------------------------------------------------------
+    def validate_at_start(self) -> None:
+        if self.step == 0:
+            v0 = self.val_loss()
+            if self.rank == 0 and v0 is not None:
+                append_jsonl(self.metrics_path, {"step": 0, "val_loss": v0, "time": time.time()})
+        self.engine.model.train()
+        self.window.reset()
+
+    def optimizer_step(self) -> tuple[float, float, bool]:
+        """grad_accum micro-batches and one optimizer step. Returns the step's mean loss over
+        all workers, its token count over all workers, and whether any worker's memory
+        watchdog tripped (its flag rides on the loss all-reduce: every worker learns together)."""
+        accum, loss, tokens = self.cfg.train.grad_accum, 0.0, 0.0
+        for a in range(accum):
+            examples, self.epoch = self.data.micro_batch(self.step * accum + a)
+            b = {k: v.to(self.device) for k, v in collate(examples, self.tok.pad_token_id).items()}
+            loss += self.engine.micro_step(b, a, accum) / accum
+            tokens += float(b["attention_mask"].sum().item())
+        self.engine.step()
+        self.step += 1
+        loss = self.faults.after_step(self.step, loss, self.engine, self.guard)
+        gl, gt, trips = self.all_sum([loss, tokens, float(self.watchdog.tripped.is_set())])
+        return gl / self.world, gt, trips > 0
+
+    def on_guard(self, act) -> str:
+        """The one handler for the guard's actions (after a training step or a validation):
+        log its events; on "rollback" restore the healthy checkpoint. Returns ``act.kind``:
+        "stop" ends the loop, "rollback" restarts it from the restored step."""
+        for ev in act.events:
+            if self.rank == 0:
+                print(f"[rayft] guard: {ev['message']}", flush=True)
+                append_jsonl(self.metrics_path, dict(ev, time=time.time()))
+        if act.kind == "rollback":
+            self.rollback(int(act.rollback_to), act.lr_scale)
+        return act.kind
+
+    def rollback(self, to: int, lr_scale: float) -> None:
+        """Restore the last healthy checkpoint (step 0: rebuild the initial model, the old one
+        freed first) and scale the learning rate; training continues from that step with a
+        fresh metrics window."""
+        import ray.train
+
+        from .build import set_lr_scale
+
+        if to == 0:
+            self.engine = None
+            gc.collect()
+            self.engine = self._new_engine()
+            torch.manual_seed(worker_torch_seed(self.cfg.run.seed, self.rank))
+            self.engine.wrap(ray.train.torch.prepare_model)
+        else:
+            d = self.run_dir / "checkpoints" / f"step_{to:07d}"
+            if not (d / "state.json").exists():
+                raise RuntimeError(f"guard: rollback checkpoint {d} is missing")
+            self.engine.restore(d, self.rank, self.world)
+            ckpt_io.load_rng(d / f"rng_rank{self.rank}.safetensors")
+        set_lr_scale(self.engine.sched, self.cfg.train.lr, lr_scale)
+        self.engine.model.train()
+        self.step = to
+        if self.rank == 0:
+            self._truncate_metrics(to)
+        self.barrier()
+        self.window.reset()
+
+    def due(self, mem_stop: bool) -> set[str]:
+        """What this step owes: "log", "checkpoint", "eval" (empty: just train on)."""
+        t, s = self.cfg.train, self.step
+        last = s == self.stop_at or mem_stop
+        out = set()
+        if s == 1 or s % t.log_every == 0 or last:
+            out.add("log")
+        if s % t.checkpoint_every == 0 or last:
+            out.add("checkpoint")
+        if (last and not mem_stop) or (t.eval_every and s % t.eval_every == 0):
+            out.add("eval")
+        return out
+
+    def metrics(self, due: set[str], mem_stop: bool) -> dict:
+        """The metrics row of this step: window averages, lr, throughput, validation loss when
+        due, every worker's peak RSS, and who tripped the memory watchdog."""
+        w, dt = self.window, time.perf_counter() - self.window.t0
+        m = {"step": self.step, "epoch": self.epoch, "loss": w.last_loss,
+             "loss_avg": w.loss / w.steps, "lr": self.engine.lr(),
+             "tokens_per_s": w.tokens / dt if dt > 0 else 0.0, "tokens": w.tokens, "window_s": dt,
+             "max_steps": self.cfg.train.max_steps}
+        if "eval" in due:
+            m["val_loss"] = self.val_loss()
+        self.watchdog.sample()
+        rows = self.gather((peak_rss_mb(), self.watchdog.at_trip / 2**20))
+        m["peak_rss_mb"] = [float(r[0]) for r in rows]
+        if mem_stop:
+            mem = self.cfg.memory
+            who = max(range(self.world), key=lambda r: rows[r][1])
+            m["memory_stop"] = {"reason": "memory", "rank": who, "rss_mb": rows[who][1],
+                                "peak_rss_mb": rows[who][0], "budget_gb": mem.budget_gb,
+                                "stop_fraction": mem.stop_fraction}
+        if self.resumed_from is not None:
+            m["resumed_from"] = self.resumed_from
+        return m
+
+    def report(self, metrics: dict, checkpoint: bool) -> None:
+        """Append the metrics row (rank 0) and report it to Ray Train, with a checkpoint when due."""
+        import ray.train
+
+        extra = {"stopped": metrics["memory_stop"]} if "memory_stop" in metrics else {}
+        if checkpoint:
+            self.guard.on_checkpoint(self.step)  # every loss since the last one was finite (else we rolled back)
+            extra["guard"] = self.guard.state_dict()
+        if self.rank == 0:
+            append_jsonl(self.metrics_path, dict(metrics, time=time.time()))
+        if not checkpoint:
+            ray.train.report(metrics)
+            return
+        tmp = Path(tempfile.mkdtemp(prefix=f"rayft-ckpt-{self.rank}-"))
+        try:
+            ckpt_io.save_rng(tmp / f"rng_rank{self.rank}.safetensors")
+            cfg = self.cfg
+            self.engine.save(tmp, self.rank, self.world, {
+                "step": self.step, "world_size": self.world, "final": self.step == cfg.train.max_steps,
+                "metrics": metrics, "method": cfg.train.method, "strategy": cfg.train.strategy,
+                "base_model": self.source, "config": self.config["cfg"], **extra})
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
+                             checkpoint_dir_name=f"step_{self.step:07d}")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def print_memory_stop(self, st: dict) -> None:
+        if self.rank == 0:
+            print(stop_message(st["rank"], st["rss_mb"] * 2**20, st["budget_gb"], st["stop_fraction"],
+                               self.step, f"step_{self.step:07d}"), flush=True)
+
+    def finish(self) -> None:
+        """The last checkpoint save (ZeRO gathers) came after the last report: record the true
+        peak; remove NVMe offload scratch."""
+        self.watchdog.stop()
+        end_peaks = self.gather(peak_rss_mb())
+        if self.rank == 0:
+            mem_path = self.run_dir / "memory.json"
+            atomic_write_json(mem_path, dict(json.loads(mem_path.read_text()), peak_rss_end_mb=end_peaks))
+        self._cleanup_swap()
+
+    # ---- helpers -------------------------------------------------------------------------
+    def val_loss(self) -> float | None:
+        """Mean token loss over every worker's validation rows (None without any)."""
+        if not self.data.val and self.world == 1:
+            return None
+        bs, n = self.cfg.train.batch_size, None
+        if self.engine.lockstep_eval:
+            n = int(max(self.gather(-(-len(self.data.val) // bs))))
+        s, c = _evaluate(self.engine.eval_model, self.data.val, bs, self.tok.pad_token_id, self.device, n)
+        s, c = self.all_sum([s, c])
+        return s / c if c else None
+
+    def _truncate_metrics(self, upto: int) -> None:
+        """Drop metrics logged after step ``upto`` (they are re-run); guard events stay."""
+        kept = [r for r in read_jsonl(self.metrics_path) if r.get("step", 0) <= upto or "event" in r]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def _cleanup_swap(self) -> None:
+        """NVMe offload swap files are scratch (restored from the checkpoint on resume): remove them."""
+        ds = self.config.get("deepspeed") or {}
+        paths = {v.get("nvme_path") for k, v in ds.get("zero_optimization", {}).items()
+                 if k.startswith("offload_") and isinstance(v, dict) and v.get("nvme_path")}
+        if not paths:
+            return
+        self.barrier()
+        if self.rank == 0:
+            for p in paths:
+                shutil.rmtree(Path(p) / "zero_stage_3", ignore_errors=True)
 
 
 def peak_rss_mb() -> float:
@@ -33,7 +423,7 @@ def peak_rss_mb() -> float:
     return peak_rss_bytes() / 2**20
 
 
-def _pull_shard(name: str) -> list[tuple[np.ndarray, np.ndarray, int]]:
+def _pull_shard(name: str) -> list[Row]:
     import ray.data
     import ray.train
 
@@ -70,277 +460,3 @@ def _evaluate(model, rows, bs: int, pad_id: int, device, n_batches: int | None =
             cnt += (lab != -100).sum().item()
     model.train()
     return tot, cnt
-
-
-def train_loop_per_worker(config: dict) -> None:
-    import ray.train
-    import torch.distributed as dist
-
-    from ..evaluate.guard import TrainingGuard
-    from ..models.load import load_tokenizer
-    from .engine import make_engine, set_lr_scale
-
-    cfg = from_dict(TrainConfig, config["cfg"])
-    source, run_dir = config["source"], Path(config["run_dir"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    threads = cfg.scaling.torch_threads or max(1, int(round(cfg.scaling.cpus_per_worker)))
-    torch.set_num_threads(threads)
-    (run_dir / "workers").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "workers" / f"rank{rank}.pid", str(os.getpid()))
-    mem = cfg.memory
-    watchdog = RssWatchdog(mem.budget_gb * mem.stop_fraction * GB if mem.budget_gb > 0 else 0,
-                           mem.sample_interval_s)
-    watchdog.start()
-    rss_start = watchdog.sample()
-
-    tok = load_tokenizer(source, cfg.model.trust_remote_code)
-    rss_runtime = watchdog.sample()  # torch + transformers + ray.train (+ tokenizer): the fixed cost
-    engine = make_engine(cfg, source, tok, world, config.get("deepspeed"))
-
-    step, resumed_from = 0, None
-    guard = TrainingGuard(cfg.guard)
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as d:
-            state = engine.restore(Path(d), rank, world)
-            step = int(state["step"])
-            resumed_from = step
-            if state.get("guard"):  # rollbacks so far and the learning-rate scale survive a resume
-                guard = TrainingGuard.from_state_dict(state["guard"])
-                guard.cfg = cfg.guard
-                set_lr_scale(engine.sched, cfg.train.lr, guard.lr_scale)
-            if state.get("world_size") == world:
-                ckpt_io.load_rng(Path(d) / f"rng_rank{rank}.safetensors")
-            else:
-                torch.manual_seed(cfg.run.seed * 1000 + rank + step)
-    else:
-        torch.manual_seed(cfg.run.seed * 1000 + rank)
-
-    engine.wrap(ray.train.torch.prepare_model)
-    device = ray.train.torch.get_device()
-    rss_built = watchdog.sample()
-    pad_id = tok.pad_token_id
-
-    train_rows, val_rows = _pull_shard("train"), _pull_shard("val")
-    n_trunc = all_sum_early(dist, world, [sum(r[3] for r in train_rows), sum(r[3] for r in val_rows),
-                                          len(train_rows), len(val_rows)])
-    if rank == 0:
-        atomic_write_json(run_dir / "data_stats.json", {
-            "train_truncated": int(n_trunc[0]), "val_truncated": int(n_trunc[1]),
-            "train_rows_in_shards": int(n_trunc[2]), "val_rows_in_shards": int(n_trunc[3])})
-    bs, accum = cfg.train.batch_size, cfg.train.grad_accum
-    n_batches = len(train_rows) // bs
-    if n_batches == 0:
-        raise ValueError(f"worker {rank} has {len(train_rows)} training rows, fewer than train.batch_size={bs}")
-
-    def micro_batch(m: int):
-        epoch, j = divmod(m, n_batches)
-        perm = np.random.default_rng(cfg.run.seed * 7919 + epoch).permutation(len(train_rows))
-        return [(train_rows[i][0], train_rows[i][1]) for i in perm[j * bs:(j + 1) * bs]], epoch
-
-    def all_sum(values: list[float]) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64)
-        if world > 1:
-            dist.all_reduce(t)
-        return t.tolist()
-
-    def gather(obj) -> list:
-        if world == 1:
-            return [obj]
-        out = [None] * world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def val_loss() -> float | None:
-        if not val_rows and world == 1:
-            return None
-        n = None
-        if engine.lockstep_eval:
-            n = int(max(gather(-(-len(val_rows) // bs))))
-        s, c = _evaluate(engine.eval_model, val_rows, bs, pad_id, device, n)
-        s, c = all_sum([s, c])
-        return s / c if c else None
-
-    metrics_path = run_dir / "metrics.jsonl"
-    mem_rows = gather({"rss_start_mb": rss_start / 2**20, "rss_runtime_mb": rss_runtime / 2**20,
-                       "rss_built_mb": rss_built / 2**20})
-    def truncate_metrics(upto: int) -> None:
-        """Drop metrics logged after step ``upto`` (they are re-run); guard events stay."""
-        kept = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= upto or "event" in r]
-        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-
-    if rank == 0:  # drop metrics logged after the checkpoint we resumed from
-        truncate_metrics(step)
-        atomic_write_json(run_dir / "memory.json", {k: [r[k] for r in mem_rows] for k in mem_rows[0]}
-                          | {"strategy": cfg.train.strategy, "budget_gb": mem.budget_gb})
-
-    def save_and_report(metrics: dict, final: bool, extra: dict | None = None) -> None:
-        tmp = Path(tempfile.mkdtemp(prefix=f"rayft-ckpt-{rank}-"))
-        try:
-            ckpt_io.save_rng(tmp / f"rng_rank{rank}.safetensors")
-            engine.save(tmp, rank, world, {
-                "step": step, "world_size": world, "final": final, "metrics": metrics,
-                "method": cfg.train.method, "strategy": cfg.train.strategy, "base_model": source,
-                "config": config["cfg"], **(extra or {})})
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
-                             checkpoint_dir_name=f"step_{step:07d}")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    def log_events(act) -> None:
-        for ev in act.events:
-            if rank == 0:
-                print(f"[rayft] guard: {ev['message']}", flush=True)
-                append_jsonl(metrics_path, dict(ev, time=time.time()))
-
-    def rollback(act) -> None:
-        """Restore the last healthy checkpoint (step 0: rebuild the initial model, the old one
-        freed first) and scale the learning rate; training continues from that step with a
-        fresh metrics window."""
-        nonlocal engine, step, win_loss, win_tokens, win_steps, t0
-        to = int(act.rollback_to)
-        if to == 0:
-            engine = None
-            import gc
-            gc.collect()
-            engine = make_engine(cfg, source, tok, world, config.get("deepspeed"))
-            torch.manual_seed(cfg.run.seed * 1000 + rank)
-            engine.wrap(ray.train.torch.prepare_model)
-        else:
-            d = run_dir / "checkpoints" / f"step_{to:07d}"
-            if not (d / "state.json").exists():
-                raise RuntimeError(f"guard: rollback checkpoint {d} is missing")
-            engine.restore(d, rank, world)
-            ckpt_io.load_rng(d / f"rng_rank{rank}.safetensors")
-        set_lr_scale(engine.sched, cfg.train.lr, act.lr_scale)
-        engine.model.train()
-        step = to
-        if rank == 0:
-            truncate_metrics(to)
-        if world > 1:
-            dist.barrier()
-        win_loss, win_tokens, win_steps, t0 = 0.0, 0.0, 0, time.perf_counter()
-
-    if step == 0:
-        v0 = val_loss()
-        if rank == 0 and v0 is not None:
-            append_jsonl(metrics_path, {"step": 0, "val_loss": v0, "time": time.time()})
-
-    engine.model.train()
-    launch_start = step
-    win_loss, win_tokens, win_steps, t0 = 0.0, 0.0, 0, time.perf_counter()
-    stop_at = cfg.train.max_steps
-    if cfg.train.stop_after_steps:
-        stop_at = min(stop_at, launch_start + cfg.train.stop_after_steps)
-    while step < stop_at:
-        step_loss, step_tokens = 0.0, 0.0
-        for a in range(accum):
-            examples, epoch = micro_batch(step * accum + a)
-            b = {k: v.to(device) for k, v in collate(examples, pad_id).items()}
-            step_loss += engine.micro_step(b, a, accum) / accum
-            step_tokens += float(b["attention_mask"].sum().item())
-        engine.step()
-        step += 1
-        if step in cfg.guard.inject_nan_at and not any(
-                e.get("step") == step for e in guard.events if e["event"].startswith("nonfinite")):
-            step_loss = _poison(engine)
-        # the watchdog's flag rides on the loss all-reduce: every worker learns of a trip together
-        gl, gt, trips = all_sum([step_loss, step_tokens, float(watchdog.tripped.is_set())])
-        gl /= world
-        act = guard.on_step(step, gl)
-        log_events(act)
-        if act.kind == "stop":
-            break
-        if act.kind == "rollback":
-            rollback(act)
-            continue
-        win_loss += gl
-        win_tokens += gt
-        win_steps += 1
-        mem_stop = trips > 0
-        last = step == stop_at or mem_stop
-        do_log = step == 1 or step % cfg.train.log_every == 0 or last
-        do_ckpt = step % cfg.train.checkpoint_every == 0 or last
-        do_eval = (last and not mem_stop) or (cfg.train.eval_every and step % cfg.train.eval_every == 0)
-        if not (do_log or do_ckpt or do_eval):
-            continue
-        dt = time.perf_counter() - t0
-        metrics = {"step": step, "epoch": epoch, "loss": gl, "loss_avg": win_loss / win_steps,
-                   "lr": engine.lr(), "tokens_per_s": win_tokens / dt if dt > 0 else 0.0,
-                   "tokens": win_tokens, "window_s": dt, "max_steps": cfg.train.max_steps}
-        if do_eval:
-            metrics["val_loss"] = val_loss()
-        watchdog.sample()
-        rows = gather((peak_rss_mb(), watchdog.at_trip / 2**20))
-        metrics["peak_rss_mb"] = [float(r[0]) for r in rows]
-        extra = None
-        if mem_stop:
-            who = max(range(world), key=lambda r: rows[r][1])
-            extra = {"stopped": {"reason": "memory", "rank": who, "rss_mb": rows[who][1],
-                                 "peak_rss_mb": rows[who][0], "budget_gb": mem.budget_gb,
-                                 "stop_fraction": mem.stop_fraction}}
-            metrics["memory_stop"] = extra["stopped"]
-        if do_eval and metrics["val_loss"] is not None:
-            act = guard.on_val_loss(step, metrics["val_loss"])
-            log_events(act)
-            if act.kind == "stop":
-                break
-            if act.kind == "rollback":
-                rollback(act)
-                continue
-        if do_ckpt:
-            guard.on_checkpoint(step)  # every loss since the last one was finite (else we rolled back)
-            extra = dict(extra or {}, guard=guard.state_dict())
-        if resumed_from is not None:
-            metrics["resumed_from"] = resumed_from
-        if rank == 0:
-            append_jsonl(metrics_path, dict(metrics, time=time.time()))
-        if do_ckpt:
-            save_and_report(metrics, final=step == cfg.train.max_steps, extra=extra)
-        else:
-            ray.train.report(metrics)
-        if mem_stop:
-            if rank == 0:
-                print(stop_message(extra["stopped"]["rank"], extra["stopped"]["rss_mb"] * 2**20, mem.budget_gb,
-                                   mem.stop_fraction, step, f"step_{step:07d}"), flush=True)
-            break
-        win_loss, win_tokens, win_steps, t0 = 0.0, 0.0, 0, time.perf_counter()
-    watchdog.stop()
-    # the last checkpoint save (ZeRO gathers) came after the last report: record the true peak
-    end_peaks = gather(peak_rss_mb())
-    if rank == 0:
-        mem_path = run_dir / "memory.json"
-        atomic_write_json(mem_path, dict(json.loads(mem_path.read_text()), peak_rss_end_mb=end_peaks))
-    _cleanup_swap(config, rank, world, dist)
-
-
-def _poison(engine) -> float:
-    """Fault injection (guard.inject_nan_at): what a diverging step leaves behind, NaN weights
-    and a NaN loss. Only the guard's rollback can recover from it."""
-    with torch.no_grad():
-        for p in engine.model.parameters():
-            if p.requires_grad and p.numel():
-                p.fill_(float("nan"))
-    return float("nan")
-
-
-def _cleanup_swap(config: dict, rank: int, world: int, dist) -> None:
-    """NVMe offload swap files are scratch (restored from the checkpoint on resume): remove them."""
-    ds = config.get("deepspeed") or {}
-    paths = {v.get("nvme_path") for k, v in ds.get("zero_optimization", {}).items()
-             if k.startswith("offload_") and isinstance(v, dict) and v.get("nvme_path")}
-    if not paths:
-        return
-    if world > 1:
-        dist.barrier()
-    if rank == 0:
-        for p in paths:
-            shutil.rmtree(Path(p) / "zero_stage_3", ignore_errors=True)
-
-
-def all_sum_early(dist, world: int, values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    if world > 1:
-        dist.all_reduce(t)
-    return t.tolist()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import resource
 import threading
 
-GB = 2**30
+from .memory import GB
 
 
 def peak_rss_bytes() -> int:

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from .config import TrainConfig
-from .engine import build_model, make_optimizer
+from .build import build_model, make_optimizer
 from .zero_io import SHARD_BYTES
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -76,7 +76,8 @@ def _gloo_allgather_in_place() -> None:
 
 
 class ZeroEngine:
-    """DeepSpeed engine over the model; optimizer = torch AdamW, schedule = our LambdaLR."""
+    """DeepSpeed engine over the model; optimizer = torch AdamW, schedule = build.lr_schedule
+    (stepped here, not by DeepSpeed). Implements engine.Engine."""
 
     def __init__(self, cfg: TrainConfig, source: str, tok, world: int, ds_config: dict):
         import deepspeed
@@ -122,7 +123,7 @@ class ZeroEngine:
         self.sched.step()
 
     def lr(self) -> float:
-        return self.sched.get_last_lr()[0]
+        return self.basic.param_groups[0]["lr"]
 
     def _trainable(self):
         named = dict(self.engine.module.named_parameters())
