@@ -35,6 +35,9 @@ STAGES: dict[str, tuple[str, str, str, dict]] = {
     "frames export": ("rayft.frames.config:FramesConfig", "rayft.frames.export:run_export",
                       "export one training folder per character cluster with captions and contact sheets",
                       {"input": "export.input", "output": "export.output"}),
+    "frames train": ("rayft.frames.config:FramesConfig", "rayft.frames.train:run_frames_train",
+                     "train one image LoRA per character folder (diffusers + peft, one Ray Tune trial each)",
+                     {"input": "train.input", "output": "train.output", "model.name": "train.model"}),
     "eval": ("rayft.evaluate.config:EvalConfig", "rayft.evaluate.run:run_eval_cli",
              "score a candidate run vs the champion (or base) on val + golden with Ray Data; gate; eval.json",
              {"run": "candidate"}),
@@ -112,9 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["watch"] and len(argv) > 1 and argv[1] in ("status", "pause", "resume", "stop"):
 def _unknown_command(argv: list[str]) -> str | None:
     """'rayft trian' -> "unknown command 'trian'; did you mean 'train'?" (None when argv is fine)."""
     groups = _groups()
@@ -141,25 +141,35 @@ def print_config(cfg) -> str:
     return yaml.safe_dump(mask_secrets(to_dict(cfg), type(cfg)), sort_keys=False, allow_unicode=True)
 
 
+def stage_config(stage: str, config: str | None, overrides: list[str]):
+    """The validated config a stage would run with (``--config`` file + ``key=value`` items);
+    ConfigError otherwise. What ``main`` does before calling the stage."""
+    cfg_spec, _, _, aliases = STAGES[stage]
+    cls = _resolve(cfg_spec)
+    try:
+        return load(cls, config, overrides, aliases)
+    except ValidationError as e:  # a config class built outside load()'s error handling
+        raise ConfigError(format_error(e, cls)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["watch"] and len(argv) > 1 and argv[1] in ("status", "pause", "resume", "stop"):
         from .watch.control import main as watch_control
         return watch_control(argv[1:])
-    ap = build_parser()
-    args = ap.parse_args(argv)
-    if not getattr(args, "stage", None):
     bad = _unknown_command(argv)
     if bad:
         print(f"rayft: error: {bad}", file=sys.stderr)
         return 2
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "stage", None):
         ap.print_help()
         return 2
-    cfg_spec, fn_spec, _, aliases = STAGES[args.stage]
+    fn_spec = STAGES[args.stage][1]
     from .data.formats import DataError
     try:
-        cls = _resolve(cfg_spec)
-        try:
-            cfg = load(cls, args.config, args.overrides, aliases)
-        except ValidationError as e:  # a config class built outside load()'s error handling
-            raise ConfigError(format_error(e, cls)) from None
+        cfg = stage_config(args.stage, args.config, args.overrides)
         if args.print_config:
             print(print_config(cfg))
             return 0
