@@ -19,38 +19,72 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import time
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from ray.exceptions import RayActorError
 
 from ..config import ConfigError, from_dict, to_dict
 from ..models.spec import base_spec
 from ..registry import IntegrityError, Registry, RegistryError
 from . import openai_api as oa
 from .config import ServeConfig
-from .engine import Engine, EngineError
+from .engine import Engine, EngineBusy, EngineError
 from .routing import Router
 
 log = logging.getLogger("ray.serve")
-api = FastAPI(title="rayft", docs_url=None, redoc_url=None)
+api = FastAPI(title="rayft", docs_url=None, redoc_url=None, openapi_url=None)  # see Gateway.openapi
 MAX_MODELS_PER_REPLICA = 4  # adapters are MBs; full models are not: keep the LRU small
+MAX_LOAD_RETRY_S = 300.0
 
 
 def base_key(base: dict) -> str:
     return json.dumps({k: base.get(k) for k in ("name", "seed", "trust_remote_code")}, sort_keys=True)
 
 
-def _err(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None) -> dict:
-    return {"error": {"status": status, "message": message, "type": type_, "code": code}}
+def _err(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+         retry_after: int | None = None) -> dict:
+    return {"error": {"status": status, "message": message, "type": type_, "code": code,
+                      "retry_after": retry_after}}
+
+
+def internal_error() -> JSONResponse:
+    """A 500 that says nothing about the server (paths, addresses, exception text): the detail
+    is logged with the same id."""
+    eid = uuid.uuid4().hex[:12]
+    log.exception(f"rayft: request {eid} failed")
+    return JSONResponse(oa.ApiError(500, f"internal server error (request id {eid}); the server log has the "
+                                         "details", "server_error").body(), status_code=500)
+
+
+async def read_body(request: Request, limit: int = oa.MAX_BODY) -> bytes:
+    """The body, refused (413) by Content-Length before reading, and by the bytes actually
+    received for chunked bodies: reading stops as soon as they pass ``limit``."""
+    cl = request.headers.get("content-length")
+    if cl is not None:
+        if not cl.strip().isdigit() or len(cl.strip()) > 18:
+            raise oa.ApiError(400, "invalid Content-Length header")
+        if int(cl) > limit:
+            raise oa.ApiError(413, f"request body is larger than {limit} bytes")
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise oa.ApiError(413, f"request body is larger than {limit} bytes")
+    return bytes(buf)
 
 
 @serve.deployment
 class ModelServer:
     """One base model; registry versions attached on demand and cached LRU per replica."""
 
-    def __init__(self, base: dict | None, registry: str, threads: int):
-        self.engine = Engine(base, threads)
+    def __init__(self, base: dict | None, registry: str, threads: int, max_prompt_tokens: int = 0,
+                 queue_timeout_s: float = 30.0):
+        self.engine = Engine(base, threads, max_prompt_tokens, queue_timeout_s)
         self.registry = registry
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
@@ -70,12 +104,17 @@ class ModelServer:
             if req is None:
                 return {"loaded": mid}
             return await asyncio.to_thread(self.engine.generate, h, req)
-        except IntegrityError as e:
-            return _err(409, f"model {mid} refused: {e}", "integrity_error", "artifact_hash_mismatch")
+        except IntegrityError as e:  # the detail (file names) stays in the replica log
+            log.error(f"rayft: {mid}: {e}")
+            return _err(409, f"model {mid} refused: its artifacts do not match the sha256 recorded at "
+                             "registration", "integrity_error", "artifact_hash_mismatch")
         except RegistryError as e:
-            return _err(404, str(e), code="model_not_found")
+            log.error(f"rayft: {mid}: {e}")
+            return _err(404, f"model {mid} could not be read from the registry", code="model_not_found")
+        except EngineBusy as e:
+            return _err(503, str(e), "server_busy", "server_busy", e.retry_after)
         except EngineError as e:
-            return _err(400, str(e))
+            return _err(400, str(e), code="context_length_exceeded" if "too long" in str(e) else None)
 
     async def generate(self, req: dict) -> dict:
         return await self._run(req)
@@ -86,6 +125,10 @@ class ModelServer:
     def ping(self) -> str:
         return "ok"
 
+    def pid(self) -> int:
+        """This replica's process id (tests kill it)."""
+        return os.getpid()
+
 
 @serve.deployment
 @serve.ingress(api)
@@ -95,29 +138,32 @@ class Gateway:
         self.servers = servers  # base_key -> DeploymentHandle
         self.key_sha = key_sha256
         c = self.cfg
-        self.router = Router(c.registry, c.models, c.languages, c.default_model, c.alias_refresh_s)
-        self.manifests: dict[tuple[str, str], dict] = {}
+        self.router = Router(c.registry, c.models, c.languages, c.default_model, c.alias_refresh_s,
+                             c.allow_unpromoted_versions)
         self.warming: dict[str, str] = {}
         self.swap_errors: dict[str, str] = {}
-        self.failed: dict[str, str] = {}  # line -> champion version that failed to load (not retried)
+        # line -> {"version", "attempts", "retry_at"}: a champion that failed to load is
+        # retried with exponential backoff (load_retry_s, doubling, at most MAX_LOAD_RETRY_S)
+        self.failed: dict[str, dict] = {}
 
     # -- helpers -------------------------------------------------------------------------
-    def _auth(self, request: Request) -> None:
+    def _authed(self, request: Request) -> bool:
         if not self.key_sha:
-            return
+            return True
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        got = hashlib.sha256(token.strip().encode()).hexdigest()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(got, self.key_sha):
+        got = hashlib.sha256(token.strip().encode("utf-8", "replace")).hexdigest()
+        return scheme.lower() == "bearer" and hmac.compare_digest(got, self.key_sha)
+
+    def _auth(self, request: Request) -> None:
+        if not self._authed(request):
             raise oa.ApiError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
                               "authentication_error", code="invalid_api_key")
 
     def _server(self, line: str, version: str):
-        m = self.manifests.get((line, version))
+        m = self.router.manifest(line, version)
         if m is None:
-            try:
-                m = self.manifests[(line, version)] = Registry(self.cfg.registry, line).get(version)
-            except RegistryError as e:
-                raise oa.ApiError(404, str(e), code="model_not_found") from None
+            raise oa.ApiError(404, f"model {line}:{version} could not be read from the registry",
+                              code="model_not_found")
         if m["kind"] == "full":
             return next(iter(self.servers.values()))
         h = self.servers.get(base_key(m["base_model"]))
@@ -128,7 +174,10 @@ class Gateway:
 
     def _hot_swap(self) -> None:
         for line, version in self.router.pending().items():
-            if self.warming.get(line) != version and self.failed.get(line) != version:
+            f = self.failed.get(line)
+            if f and f["version"] == version and time.monotonic() < f["retry_at"]:
+                continue  # failed to load: retried after the backoff
+            if self.warming.get(line) != version:
                 self.warming[line] = version
                 asyncio.get_running_loop().create_task(self._warm(line, version))
 
@@ -142,37 +191,52 @@ class Gateway:
             self.swap_errors.pop(line, None)
             self.failed.pop(line, None)
             log.info(f"rayft: {line} now serves {version}")
-        except Exception as e:  # keep serving the old champion; /health reports why
-            self.swap_errors[line] = f"{version} failed to load: {e}"
-            self.failed[line] = version
-            log.error(f"rayft: {line}: champion {version} failed to load, still serving "
-                      f"{self.router.serving.get(line)}: {e}")
+        except Exception as e:  # keep serving the old champion; retry with backoff; /health reports why
+            f = self.failed.get(line)
+            attempts = f["attempts"] + 1 if f and f["version"] == version else 1
+            delay = min(self.cfg.load_retry_s * 2 ** (attempts - 1), MAX_LOAD_RETRY_S)
+            self.failed[line] = {"version": version, "attempts": attempts, "retry_at": time.monotonic() + delay}
+            self.swap_errors[line] = f"{version} failed to load ({attempts} attempt(s), next in {delay:g} s): " \
+                                     f"{str(e)[:300]}"
+            log.error(f"rayft: {line}: champion {version} failed to load (attempt {attempts}, retry in "
+                      f"{delay:g} s), still serving {self.router.serving.get(line)}: {e}")
         finally:
             if self.warming.get(line) == version:
                 del self.warming[line]
 
+    async def _generate(self, line: str, version: str, req: dict) -> dict:
+        """One generation; retried once when the replica died under it (generation is
+        idempotent: the client has seen nothing yet), on another or the restarted replica."""
+        for attempt in (1, 2):
+            try:
+                return await self._server(line, version).options(
+                    multiplexed_model_id=f"{line}/{version}").generate.remote(req)
+            except RayActorError as e:
+                if attempt == 2:
+                    raise
+                log.warning(f"rayft: a model replica died during a request ({type(e).__name__}); retrying once")
+        raise AssertionError("unreachable")
+
     async def _complete(self, request: Request, parse) -> object:
         try:
             self._auth(request)
-            req = parse(oa.parse_body(await request.body()), self.cfg.max_tokens_default, self.cfg.max_tokens_limit)
+            body = oa.parse_body(await read_body(request))
+            req = parse(body, self.cfg.max_tokens_default, self.cfg.max_tokens_limit)
             self._hot_swap()
             line, version = self.router.resolve(req["model"], oa.request_text(req))
-            out = await self._server(line, version).options(
-                multiplexed_model_id=f"{line}/{version}").generate.remote(req)
+            out = await self._generate(line, version, req)
             if "error" in out:
                 e = out["error"]
-                raise oa.ApiError(e["status"], e["message"], e["type"], "model", e.get("code"))
+                raise oa.ApiError(e["status"], e["message"], e["type"], "model", e.get("code"),
+                                  e.get("retry_after"))
             model = f"{line}:{version}"
             if req["stream"]:
                 return StreamingResponse(iter(oa.sse_events(req, out, model)), media_type="text/event-stream")
             return JSONResponse(oa.response(req, out, model))
         except oa.ApiError as e:
-            headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
-            return JSONResponse(e.body(), status_code=e.status, headers=headers)
-        except Exception as e:  # never leak a traceback page; the replica log has the detail
-            log.exception("rayft: request failed")
-            return JSONResponse(oa.ApiError(500, f"internal error: {type(e).__name__}: {e}", "server_error").body(),
-                                status_code=500)
+            return e.response()
+        except Exception:  # never leak exception text (paths, node addresses, RayTaskError)
+            return internal_error()
 
     # -- routes --------------------------------------------------------------------------
     @api.post("/v1/chat/completions")
@@ -188,7 +252,7 @@ class Gateway:
         try:
             self._auth(request)
         except oa.ApiError as e:
-            return JSONResponse(e.body(), status_code=e.status, headers={"WWW-Authenticate": "Bearer"})
+            return e.response()
         self._hot_swap()
         data = []
         for line, st in self.router.status().items():
@@ -198,17 +262,49 @@ class Gateway:
         return {"object": "list", "data": data}
 
     @api.get("/health")
-    async def health(self):
-        """Unauthenticated liveness/readiness: model deployments answer; which versions serve."""
+    async def health(self, request: Request):
+        """Liveness/readiness for anyone (model deployments answer: 200, else 503); which
+        versions serve, swaps and load failures only for an authenticated caller (or when
+        the server has no key, i.e. is bound to loopback)."""
         self._hot_swap()
         try:
             await asyncio.wait_for(asyncio.gather(*(h.ping.remote() for h in self.servers.values())), 30)
             ok = True
         except Exception:
             ok = False
-        body = {"status": "ok" if ok else "unavailable", "models": self.router.status(),
-                "swapping": dict(self.warming), "swap_errors": dict(self.swap_errors)}
+        body = {"status": "ok" if ok else "unavailable"}
+        if self._authed(request):
+            now = time.monotonic()
+            body |= {"models": self.router.status(), "swapping": dict(self.warming),
+                     "swap_errors": dict(self.swap_errors),
+                     "load_failures": {ln: {"version": f["version"], "attempts": f["attempts"],
+                                            "retry_in_s": round(max(0.0, f["retry_at"] - now), 1)}
+                                       for ln, f in self.failed.items()}}
         return JSONResponse(body, status_code=200 if ok else 503)
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request):
+        """The OpenAPI schema, only with ``api_docs: true`` (and the key, when one is set)."""
+        try:
+            self._docs_allowed(request)
+        except oa.ApiError as e:
+            return e.response()
+        return JSONResponse(api.openapi())
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request):
+        from fastapi.openapi.docs import get_swagger_ui_html
+        try:
+            self._docs_allowed(request)
+        except oa.ApiError as e:
+            return e.response()
+        return get_swagger_ui_html(openapi_url=request.scope.get("root_path", "") + "/openapi.json",
+                                   title="rayft")
+
+    def _docs_allowed(self, request: Request) -> None:
+        if not self.cfg.api_docs:
+            raise oa.ApiError(404, "not found (API docs are off: serve config api_docs=true)", code="not_found")
+        self._auth(request)
 
 
 def build_app(cfg: ServeConfig):
@@ -234,7 +330,9 @@ def build_app(cfg: ServeConfig):
     threads = cfg.torch_threads or max(1, round(cfg.num_cpus))
     servers = {k: ModelServer.options(name=f"model_{i}", num_replicas=cfg.replicas,
                                       ray_actor_options={"num_cpus": cfg.num_cpus},
-                                      max_ongoing_requests=cfg.max_ongoing_requests).bind(spec, cfg.registry, threads)
+                                      max_ongoing_requests=cfg.max_ongoing_requests,
+                                      health_check_period_s=2.0, health_check_timeout_s=30.0)
+               .bind(spec, cfg.registry, threads, cfg.max_prompt_tokens, cfg.queue_timeout_s)
                for i, (k, spec) in enumerate(bases.items())}
     key = cfg.resolved_key()
     public = to_dict(cfg) | {"api_key": ""}  # only the key's hash goes into the deployment
