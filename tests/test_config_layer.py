@@ -194,9 +194,11 @@ def test_print_config_masks_secrets(capsys):
     cur = yaml.safe_load(print_config(stage_config("curate", str(REPO / "configs" / "curate.yaml"), [])))
     assert cur["secrets"]["api_key"] == "drop"  # an enumeration, not a secret
     nested = mask_secrets({"alerts": {"telegram_token": "123:abc", "token_env": "TG", "smtp_password": "p",
-                                      "webhook": "https://h/x?token=abc&a=1", "max_tokens_limit": 5}})
+                                      "webhook": "https://hooks.example/T0/B0/xyz", "webhook_env": "HOOK",
+                                      "url": "https://h/x?token=abc&a=1", "max_tokens_limit": 5}})
     assert nested == {"alerts": {"telegram_token": "***", "token_env": "TG", "smtp_password": "***",
-                                 "webhook": "https://h/x?token=***&a=1", "max_tokens_limit": 5}}
+                                 "webhook": "***", "webhook_env": "HOOK", "url": "https://h/x?token=***&a=1",
+                                 "max_tokens_limit": 5}}
     assert is_secret_name("client_secret") and is_secret_name("password") and not is_secret_name("api_key_env")
 
 

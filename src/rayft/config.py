@@ -173,7 +173,9 @@ def _fields(cls: type) -> dict[str, tuple[Any, Any, str, Any]]:
 
 
 def _unwrap(tp: Any) -> Any:
-    """``X | None`` -> X."""
+    """``X | None`` -> X; ``Annotated[X, ...]`` -> X."""
+    if typing.get_origin(tp) is typing.Annotated:
+        return _unwrap(typing.get_args(tp)[0])
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1:
@@ -240,13 +242,19 @@ def _kind(tp: Any) -> str:
     return "a value"
 
 
-def _bounds(finfo: Any) -> str:
+_SYMBOLS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+
+
+def _bounds(finfo: Any, ctx: dict | None = None) -> str:
+    """'>= 0 and < 1' from a field's constraints (else from the error's own context)."""
     parts = []
     for m in getattr(finfo, "metadata", []) or []:
-        for attr, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+        for attr, sym in _SYMBOLS:
             v = getattr(m, attr, None)
             if v is not None:
                 parts.append(f"{sym} {v}")
+    if not parts and ctx:
+        parts = [f"{sym} {ctx[attr]}" for attr, sym in _SYMBOLS if attr in ctx]
     return " and ".join(parts)
 
 
@@ -299,7 +307,7 @@ def _one(err: dict, cls: type) -> tuple[str, str, bool]:
     if typ == "missing":
         return dotted, f"{dotted} is required", False
     if typ in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        return dotted, f"expected {kind} {_bounds(finfo) or err.get('msg', '')}, got {got}", True
+        return dotted, f"expected {kind} {_bounds(finfo, err.get('ctx')) or err.get('msg', '')}, got {got}", True
     if typ == "finite_number":
         return dotted, f"expected {'an integer' if kind == 'an integer' else 'a finite number'}, got {got}", True
     if typ == "too_short":
@@ -669,7 +677,7 @@ def help_text(cls: type, aliases: dict[str, str] | None = None) -> str:
 
 
 _SECRET_WORDS = {"key", "apikey", "token", "password", "passwd", "pwd", "secret", "secrets", "credential",
-                 "credentials", "auth", "bearer"}
+                 "credentials", "auth", "bearer", "webhook"}  # webhook URLs (Slack's) carry their token
 _NOT_SECRET_TAIL = {"env", "file", "path", "var", "limit", "default", "len", "bits", "format", "kind", "chars"}
 
 

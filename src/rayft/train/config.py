@@ -7,7 +7,7 @@ from pydantic import ValidationInfo, model_validator
 
 from ..config import ConfigError, Section, complete, opt, section
 from ..data.formats import FORMATS
-from ..evaluate.guard import GuardCfg
+from .guard import GuardCfg
 
 #: data.format values: auto or one of the readers' formats (rayft.data.formats.FORMATS)
 DataFormat = Literal[("auto", *FORMATS)]  # type: ignore[valid-type]

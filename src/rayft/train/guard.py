@@ -34,25 +34,20 @@ Contract for the caller (the train loop):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import ConfigError, opt
+from pydantic import PositiveInt
+
+from ..config import Section, opt, to_dict
 
 
-@dataclass
-class GuardCfg:
-    max_rollbacks: int = opt(3, "NaN/Inf rollbacks allowed before the run stops")
-    lr_factor: float = opt(0.5, "learning-rate multiplier applied at each rollback")
-    rising_evals: int = opt(3, "warn when validation loss rises this many evaluations in a row")
-    inject_nan_at: list[int] = opt([], "fault injection for testing the guard: make the training loss "
-                                   "(and so the gradients) NaN the first time each of these steps runs")
-
-    def validate(self) -> None:
-        if self.max_rollbacks < 0 or self.rising_evals < 1 or not 0 < self.lr_factor <= 1:
-            raise ConfigError("guard: need max_rollbacks >= 0, rising_evals >= 1, 0 < lr_factor <= 1")
-        if any(s < 1 for s in self.inject_nan_at):
-            raise ConfigError(f"guard.inject_nan_at: steps are >= 1, got {self.inject_nan_at}")
+class GuardCfg(Section):
+    max_rollbacks: int = opt(3, "NaN/Inf rollbacks allowed before the run stops", ge=0)
+    lr_factor: float = opt(0.5, "learning-rate multiplier applied at each rollback", gt=0, le=1)
+    rising_evals: int = opt(3, "warn when validation loss rises this many evaluations in a row", ge=1)
+    inject_nan_at: list[PositiveInt] = opt([], "fault injection for testing the guard: make the training loss "
+                                           "(and so the gradients) NaN the first time each of these steps runs")
 
 
 @dataclass
@@ -78,13 +73,13 @@ class TrainingGuard:
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"cfg": asdict(self.cfg), "rollbacks": self.rollbacks, "lr_scale": self.lr_scale,
+        return {"cfg": to_dict(self.cfg), "rollbacks": self.rollbacks, "lr_scale": self.lr_scale,
                 "healthy_step": self.healthy_step, "clean_since_healthy": self.clean_since_healthy,
                 "last_val": self.last_val, "rising": self.rising, "events": list(self.events)}
 
     @classmethod
     def from_state_dict(cls, d: dict) -> "TrainingGuard":
-        g = cls(GuardCfg(**{k: v for k, v in d["cfg"].items() if k in GuardCfg.__dataclass_fields__}))
+        g = cls(GuardCfg(**{k: v for k, v in d["cfg"].items() if k in GuardCfg.model_fields}))
         for k in ("rollbacks", "lr_scale", "healthy_step", "clean_since_healthy", "last_val", "rising"):
             setattr(g, k, d[k])
         g.events = list(d.get("events", []))
