@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import re
 import types
 import typing
@@ -42,8 +43,8 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, Valida
 T = TypeVar("T")
 
 __all__ = ["ConfigError", "StageRefused", "Section", "opt", "section", "complete", "load", "from_dict",
-           "to_dict", "read_yaml", "parse_overrides", "deep_merge", "describe", "help_text", "mask_secrets",
-           "field_type", "coerce", "leaves"]
+           "to_dict", "read_yaml", "parse_overrides", "parse_value", "deep_merge", "describe", "help_text",
+           "mask_secrets", "is_secret_name", "field_type", "coerce", "leaves", "check_keys", "format_error"]
 
 
 
@@ -156,8 +157,10 @@ def _is_cfg(tp: Any) -> bool:
     return _is_model(tp) or _is_dc(tp)
 
 
+@functools.lru_cache(maxsize=None)
 def _fields(cls: type) -> dict[str, tuple[Any, Any, str, Any]]:
-    """name -> (annotation, default or factory result, description, pydantic FieldInfo | None)."""
+    """name -> (annotation, default or factory result, description, pydantic FieldInfo | None).
+    Cached per class: callers only read it."""
     out = {}
     if _is_model(cls):
         for name, f in cls.model_fields.items():
