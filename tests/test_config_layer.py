@@ -45,7 +45,8 @@ def cli_error(capsys, *argv: str) -> str:
      "command line: train.max_steps: expected an integer >= 1, got 0"),
     (["train", "--config", str(TINY), "train.lr=1e400"], "command line: train.lr: expected a finite number"),
     (["train", "--config", str(TINY), "model.dtype=bf16"],
-     "command line: model.dtype: expected one of ['auto', 'float32', 'bfloat16', 'float16'], got 'bf16'"),
+     "command line: model.dtype: expected one of ['auto', 'float32', 'bfloat16', 'float16'], got 'bf16'; "
+     "did you mean 'bfloat16'?"),
     (["train", "--config", str(TINY), "train.max_stpes=3"],
      "command line: unknown config key 'train.max_stpes'; did you mean 'train.max_steps'?"),
     (["train", "--config", str(TINY), "max_steps=3"],

@@ -319,6 +319,11 @@ def _one(err: dict, cls: type) -> tuple[str, str, bool]:
     if typ == "string_type" and isinstance(inp, bool):
         return dotted, (f"expected a string, got {got} (YAML reads yes/no/on/off/true/false as booleans: "
                         "quote the value)"), True
+    if typ == "literal_error" and isinstance(inp, str):
+        choices = [str(a) for a in typing.get_args(_unwrap(tp))]
+        near = difflib.get_close_matches(inp, choices, n=1, cutoff=0.5)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        return dotted, f"expected {kind}, got {got}{hint}", True
     if typ.startswith(("int_", "float_", "bool_", "string_", "list_", "dict_", "model_", "dataclass_",
                        "literal_", "tuple_", "enum")):
         return dotted, f"expected {kind}, got {got}", True
