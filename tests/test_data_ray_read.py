@@ -66,3 +66,23 @@ def test_file_level_problems_raise_before_any_task(tmp_path):
     with pytest.raises(DataError, match="unknown format 'csv'"):
         check_pairs(str(good), "csv")
     assert check_pairs(str(good)) == {str(good): "alpaca"}
+
+
+def test_ray_read_tool_calls_and_datasets_folder(ray_session, tmp_path):
+    """Tool-calling files (both layouts) and a save_to_disk folder read by Ray Data tasks
+    give the in-process reader's rows (messages, tools) and rejects."""
+    datasets = pytest.importorskip("datasets")
+    from test_data_toolcalls import _jsonl, openai_rows, sharegpt_rows
+
+    d = tmp_path / "mixed"
+    d.mkdir()
+    _jsonl(d / "a.jsonl", sharegpt_rows())
+    _jsonl(d / "b.jsonl", openai_rows())
+    chat = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(5)]
+    datasets.Dataset.from_list(chat).save_to_disk(str(d / "hf"))
+    local = read_pairs(str(d))
+    res = read_pairs_ray(str(d), chunk_bytes=512)
+    assert res.rows == local.rows and res.rejects == local.rejects and res.files == local.files
+    assert res.rows_read == 11 + 11 + 5 == len(res.rows) + len(res.rejects)
+    assert sum(1 for r in res.rows if r["messages"]) == 4 and any(f.endswith(".arrow") for f in res.files)
