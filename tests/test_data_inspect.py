@@ -62,3 +62,15 @@ def test_inspect_bad_input(tmp_path):
         run_inspect(InspectConfig())
     with pytest.raises(ConfigError, match="train_on"):
         run_inspect(InspectConfig(path="x", train_on="every"))
+
+
+def test_cli_data_inspect(data, tmp_path, capsys):
+    from rayft.cli import main
+
+    rc = main(["data", "inspect", f"path={data}/b_chat.jsonl", "max_seq_len=64", "train_on=all_assistant",
+               f"out={tmp_path / 'o'}"])
+    out = capsys.readouterr()
+    assert rc == 0 and out.out.strip().splitlines()[-1] == str(tmp_path / "o")
+    assert "openai, 11 rows read, 3 kept, 8 rejected" in out.out
+    rc = main(["data", "inspect", f"path={tmp_path / 'missing.jsonl'}"])
+    assert rc == 2 and "file not found" in capsys.readouterr().err

@@ -57,6 +57,9 @@ STAGES: dict[str, tuple[str, str, str, dict]] = {
               "daemon: new data -> curate -> train -> gate -> register -> promote (served), with alerts; "
               "`rayft watch status|pause [line]|resume [line]|stop dir=...` controls it",
               {"input": "watch.input", "dir": "watch.dir", "once": "watch.once", "recipe": "train.recipe"}),
+    "data inspect": ("rayft.data.inspect:InspectConfig", "rayft.data.inspect:run_inspect",
+                     "what training would do with a dataset: formats, rows kept/rejected by reason, token "
+                     "lengths and truncation (histogram PNG); no Ray", {}),
     "serve": ("rayft.serve.config:ServeConfig", "rayft.serve.run:run_serve",
               "host the registry champions on Ray Serve behind an OpenAI-compatible API", {}),
 }

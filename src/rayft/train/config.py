@@ -22,7 +22,8 @@ class RunSection(Section):
 
 
 class DataSection(Section):
-    path: str = opt("", "pairs file, directory or glob (JSONL, JSON or Parquet)")
+    path: str = opt("", "pairs file, directory or glob (JSONL, JSON, Parquet or Arrow; a datasets "
+                    "save_to_disk folder; a glob may match folders)")
     format: DataFormat = opt("auto", f"auto | {' | '.join(FORMATS)} "
                              "(auto detects per file from its first valid record)")
     val_fraction: float = opt(0.1, "fraction of pairs held out for validation, assigned by content "
@@ -31,6 +32,10 @@ class DataSection(Section):
     max_seq_len: int = opt(512, "tokens per example; longer examples are truncated and counted", ge=8)
     system_prompt: str = opt("", "system message added to every example without its own")
     language: str = opt("", "keep only rows of this language (e.g. en or zh); empty keeps all")
+    train_on: Literal["last", "all_assistant"] = opt(
+        "last", "which assistant turns carry loss: last (the final reply; in a tool-calling conversation "
+        "every assistant turn after the last user turn, tool calls included) | all_assistant (every "
+        "assistant turn of a multi-turn conversation, each masked separately); tool results never do")
 
 
 class ModelSection(Section):
