@@ -181,9 +181,12 @@ def test_help_lists_every_key_with_default_and_description(stage, capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     for key, default, hlp in describe(_resolve(STAGES[stage][0])):
-        assert f"  {key} (default {default})\n      {hlp}" in out, key
+        assert re.search(rf"^  {re.escape(key)} \(default {re.escape(default)}(; [^\n]*)?\)\n      {re.escape(hlp)}$",
+                         out, re.M), key
         assert hlp.strip(), f"{stage}: {key} has no description"
     assert not re.search(r"\bW[1-5]\b", out), "internal workload ids in user-facing help"
+    if stage == "train":
+        assert "  train.max_steps (default 100; an integer >= 1)\n" in out
 
 
 def test_print_config_masks_secrets(capsys):

@@ -678,7 +678,10 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
 def help_text(cls: type, aliases: dict[str, str] | None = None) -> str:
     lines = ["config keys (set in the YAML file or as key=value):"]
     for key, default, hlp in describe(cls):
-        lines.append(f"  {key} (default {default})\n      {hlp}")
+        _, tp, finfo = _loc_info(cls, tuple(key.split(".")))
+        bounds = _bounds(finfo)
+        rng = f"; {_kind(tp)} {bounds}" if bounds else ""
+        lines.append(f"  {key} (default {default}{rng})\n      {hlp}")
     if aliases:
         lines.append("short aliases: " + ", ".join(f"{a} -> {k}" for a, k in aliases.items()))
     return "\n".join(lines)
