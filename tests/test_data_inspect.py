@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rayft.config import ConfigError
+from rayft.config import ConfigError, load
 from rayft.data.inspect import InspectConfig, reason_kind, run_inspect
 from rayft.data.tokenize import encode_row
 from rayft.models.load import load_tokenizer
@@ -61,7 +61,7 @@ def test_inspect_bad_input(tmp_path):
     with pytest.raises(ConfigError, match="path: required"):
         run_inspect(InspectConfig())
     with pytest.raises(ConfigError, match="train_on"):
-        run_inspect(InspectConfig(path="x", train_on="every"))
+        run_inspect(load(InspectConfig, None, ["path=x", "train_on=every"]))
 
 
 def test_cli_data_inspect(data, tmp_path, capsys):

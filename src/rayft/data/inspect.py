@@ -14,35 +14,34 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from ..config import ConfigError, opt
-from .formats import check_format, read_pairs
+from pydantic import ValidationInfo, model_validator
+
+from ..config import ConfigError, Section, complete, from_dict, opt, to_dict
+from .formats import FORMATS, check_format, read_pairs
 from .tokenize import IGNORE, TRAIN_ON
 
 
-@dataclass
-class InspectConfig:
+class InspectConfig(Section):
     path: str = opt("", "pairs file, directory, glob, or a datasets save_to_disk folder (required)")
-    format: str = opt("auto", "auto | subtitle | prompt_response | alpaca | sharegpt | openai")
+    format: Literal[("auto", *FORMATS)] = opt(  # type: ignore[valid-type]
+        "auto", f"auto | {' | '.join(FORMATS)}")
     model: str = opt("tiny-qwen2", "model whose tokenizer counts the tokens (preset, hub id or local dir)")
     trust_remote_code: bool = opt(False, "allow the model repo to run its own tokenizer code")
-    max_seq_len: int = opt(512, "the training max_seq_len: rows longer than this are reported as truncated")
-    train_on: str = opt("last", "last | all_assistant: which assistant turns carry loss (as data.train_on)")
+    max_seq_len: int = opt(512, "the training max_seq_len: rows longer than this are reported as truncated", ge=8)
+    train_on: Literal[TRAIN_ON] = opt(  # type: ignore[valid-type]
+        "last", "last | all_assistant: which assistant turns carry loss (as data.train_on)")
     system_prompt: str = opt("", "system message added to rows without their own (as data.system_prompt)")
-    limit: int = opt(0, "tokenize at most this many kept rows (0: all); counts and rejects always cover every row")
+    limit: int = opt(0, "tokenize at most this many kept rows (0: all); counts and rejects always cover every row", ge=0)
     out: str = opt("runs/inspect", "directory for inspect.json and token_lengths.png")
 
-    def validate(self) -> None:
-        if not self.path:
+    @model_validator(mode="after")
+    def _required(self, info: ValidationInfo):
+        if complete(info) and not self.path:
             raise ConfigError("path: required (a pairs file, directory, glob or datasets folder)")
-        if self.train_on not in TRAIN_ON:
-            raise ConfigError(f"train_on: expected one of {', '.join(TRAIN_ON)}, got {self.train_on!r}")
-        if self.max_seq_len < 8:
-            raise ConfigError(f"max_seq_len: expected >= 8, got {self.max_seq_len}")
-        if self.limit < 0:
-            raise ConfigError(f"limit: expected >= 0, got {self.limit}")
+        return self
 
 
 _VARYING = [(re.compile(r"\[\d+\]"), "[i]"), (re.compile(r" at (column|byte) \d+"), ""),
@@ -139,7 +138,7 @@ def run_inspect(cfg: InspectConfig) -> str:
     """The ``rayft data inspect`` stage: prints a summary, returns the output directory."""
     from ..storage import atomic_write_json
 
-    cfg.validate()
+    cfg = from_dict(InspectConfig, to_dict(cfg))  # the whole check, the required path included
     rep = inspect_data(cfg)
     out = Path(os.path.expanduser(cfg.out))
     lengths = rep.pop("lengths")
