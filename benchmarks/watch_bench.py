@@ -115,7 +115,7 @@ def main() -> int:
     shutil.copy(data / "file1.jsonl", inbox)
     watch = [PY, "-m", "rayft.cli", "watch", "--config", "configs/watch.yaml", f"input={inbox}", f"dir={wd}",
              "recipe=configs/tiny.yaml", "once=true", "watch.warmup_epochs=0", "watch.lines=[en]",
-             "watch.settle_s=0.5", "resources.max_memory_percent=0", "resources.min_disk_free_gb=0",
+             "watch.settle_s=0.5", "resources.max_memory_percent=100", "resources.min_disk_free_gb=0",
              "train.overrides=[" + ",".join(train) + "]", "curate.overrides=[" + ",".join(curate) + "]",
              "eval.overrides=[" + ",".join(evals) + "]"]
     s, rc, peak = _run(watch, env, out / "daemon-1.log")
