@@ -66,3 +66,25 @@ def test_dashboard_renders_lines_chart_and_escapes():
     html = dashboard_html(status)
     assert 'http-equiv="refresh"' in html and "v1_ab12" in html and "paused</b>: boom" in html
     assert "<script>x" not in html and "&lt;script&gt;" in html and "3.2 s" in html and "7 new train rows" in html
+
+
+def test_training_waits_outside_the_window_and_over_resource_thresholds(tmp_path):
+    import datetime as dt
+
+    from rayft.config import load
+    from rayft.watch.config import ALIASES, WatchConfig
+    from rayft.watch.daemon import Watcher
+
+    now = dt.datetime.now()
+    closed = f"{(now + dt.timedelta(hours=2)):%H:00}-{(now + dt.timedelta(hours=3)):%H:00}"
+    base = ["input=x", f"dir={tmp_path}", "alerts.slack_webhook_env=", "alerts.telegram_token_env="]
+    w = Watcher(load(WatchConfig, None, [*base, f"watch.window={closed}"], ALIASES), tmp_path)
+    assert w.blocked("en").startswith("waiting for the training window") and w.blocked("en")
+    w = Watcher(load(WatchConfig, None, [*base, "resources.max_memory_percent=0.01"], ALIASES), tmp_path)
+    assert w.blocked("en").startswith("resources: node memory")
+    w.cfg.resources.max_memory_percent = 100.0
+    w.cfg.resources.min_disk_free_gb = 0.0
+    assert w.blocked("en") == ""
+    w.alerts.close()
+    events = [json.loads(x)["event"] for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    assert events == ["window", "resources", "resources_ok"]  # one alert per transition
