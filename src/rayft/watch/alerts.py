@@ -111,7 +111,7 @@ class EmailSink(Sink):
         with smtplib.SMTP(a.smtp_host, a.smtp_port, timeout=timeout) as s:
             s.ehlo()
             if a.smtp_starttls:
-                ctx = ssl.create_default_context(cafile=os.environ.get("RAYFT_SMTP_CA_FILE") or None)
+                ctx = ssl.create_default_context(cafile=a.smtp_ca_file or os.environ.get("RAYFT_SMTP_CA_FILE") or None)
                 s.starttls(context=ctx)
                 s.ehlo()
             if self.user:

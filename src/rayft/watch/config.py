@@ -98,6 +98,8 @@ class AlertSection(Section):
     smtp_starttls: bool = opt(True, "upgrade the SMTP connection with STARTTLS (required unless false)")
     smtp_user_env: str = opt("RAYFT_SMTP_USER", "environment variable holding the SMTP user (login when set)")
     smtp_password_env: str = opt("RAYFT_SMTP_PASSWORD", "environment variable holding the SMTP password")
+    smtp_ca_file: str = opt("", "CA bundle (PEM) to verify the SMTP server's certificate for STARTTLS ('': the "
+                            "system's; $RAYFT_SMTP_CA_FILE also works)")
     events: list[str] = opt([], "send only these events (empty: all); see README for the event names")
     retries: int = opt(3, "attempts per sink and event", ge=1)
     retry_backoff_s: float = opt(1.0, "wait before the 2nd attempt; doubles per attempt", ge=0)
