@@ -66,8 +66,13 @@ def save_adapter_dir(pipe_cls, unet, directory: Path) -> Path:
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    # the adapter's peft config (rank, lora_alpha, targets) goes into the file's metadata, as
+    # diffusers' own training scripts do; without it load_lora_weights assumes alpha = rank
+    meta = unet.peft_config["default"].to_dict()
+    meta = json.loads(json.dumps(meta, default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
     pipe_cls.save_lora_weights(save_directory=str(tmp), safe_serialization=True,
-                               unet_lora_layers=convert_state_dict_to_diffusers(peft_unet_state(unet)))
+                               unet_lora_layers=convert_state_dict_to_diffusers(peft_unet_state(unet)),
+                               unet_lora_adapter_metadata=meta)
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(tmp, directory)
     return directory
