@@ -61,9 +61,12 @@ class ReadResult:
     rows: list[dict] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
     files: dict[str, dict] = field(default_factory=dict)  # path -> {"format", "read", "rejected"}
+    sources: list[dict] = field(default_factory=list)  # data.sources: per source read/kept/rejected/used
 
     @property
     def rows_read(self) -> int:
+        if self.sources:  # a mixture: rows may be repeated or sampled, count what was read
+            return sum(s["read"] for s in self.sources)
         return len(self.rows) + len(self.rejects)
 
     def table(self) -> pa.Table:
@@ -510,10 +513,44 @@ def undetected(rec: Any) -> str:
             "original_subtitles/viral_subtitles, prompt/response, instruction/output, conversations, messages")
 
 
-def _iter_rows(path: str, fmt: str) -> Iterator[tuple[int, Any, dict | None, str | None, str | None]]:
+#: ``columns`` keys (a source's column mapping, like a LLaMA-Factory dataset_info entry):
+#: rayft field name -> the file's column name ("query" is an alias of "input").
+COLUMN_KEYS = ("prompt", "response", "system", "history", "instruction", "input", "query", "output",
+               "conversations", "messages", "tools", "id", "language", "metadata",
+               "original_subtitles", "viral_subtitles")
+
+
+def check_columns(columns: Any, where: str = "columns") -> dict[str, str]:
+    if columns is None:
+        return {}
+    if not isinstance(columns, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in columns.items()):
+        raise DataError(f"{where}: expected a mapping of rayft field -> column name")
+    bad = sorted(set(columns) - set(COLUMN_KEYS))
+    if bad:
+        raise DataError(f"{where}: unknown field {bad[0]!r}; expected some of {', '.join(COLUMN_KEYS)}")
+    return dict(columns)
+
+
+def map_columns(rec: Any, columns: dict[str, str] | None) -> Any:
+    """A raw record with its columns renamed to rayft's field names (``columns``: field -> column)."""
+    if not columns or not isinstance(rec, dict):
+        return rec
+    out = dict(rec)
+    for field_, col in columns.items():
+        if col in rec:
+            out.pop(col, None)
+    for field_, col in columns.items():
+        if col in rec:
+            out["input" if field_ == "query" else field_] = rec[col]
+    return out
+
+
+def _iter_rows(path: str, fmt: str, columns: dict | None = None
+               ) -> Iterator[tuple[int, Any, dict | None, str | None, str | None]]:
     """(line, raw record, canonical row or None, reject reason or None, file format so far)."""
     file_fmt = None if fmt == "auto" else fmt
     for line, rec, err in iter_raw_records(path):
+        rec = map_columns(rec, columns)
         row = None
         if err is None and file_fmt is None:
             file_fmt = detect_record_format(rec)
@@ -529,12 +566,12 @@ def _iter_rows(path: str, fmt: str) -> Iterator[tuple[int, Any, dict | None, str
         yield line, rec, row, err, file_fmt
 
 
-def read_file(path: str, fmt: str = "auto") -> ReadResult:
+def read_file(path: str, fmt: str = "auto", columns: dict | None = None) -> ReadResult:
     """Read one file into canonical rows and rejects (never raises for a bad row)."""
     check_format(fmt)
     res = ReadResult()
     file_fmt = None
-    for line, rec, row, err, file_fmt in _iter_rows(path, fmt):
+    for line, rec, row, err, file_fmt in _iter_rows(path, fmt, columns):
         if row is not None:
             res.rows.append(row)
         else:
@@ -544,11 +581,11 @@ def read_file(path: str, fmt: str = "auto") -> ReadResult:
     return res
 
 
-def check_file(path: str, fmt: str = "auto") -> str:
+def check_file(path: str, fmt: str = "auto", columns: dict | None = None) -> str:
     """The file's format, read only up to its first valid row (cheap for a good file);
     DataError naming the first problem when it has no valid row at all."""
     first = None
-    for line, _rec, row, err, file_fmt in _iter_rows(path, fmt):
+    for line, _rec, row, err, file_fmt in _iter_rows(path, fmt, columns):
         if row is not None:
             return file_fmt
         first = first or (line, err)
@@ -556,18 +593,19 @@ def check_file(path: str, fmt: str = "auto") -> str:
     raise DataError(f"{path}: no valid rows{why}")
 
 
-def check_pairs(spec: str | list[str], fmt: str = "auto") -> dict[str, str]:
+def check_pairs(spec: str | list[str], fmt: str = "auto", columns: dict | None = None) -> dict[str, str]:
     """Driver-side checks before any Ray work: every file exists, the format is known and
     each file has at least one valid row. Returns path -> detected format."""
     check_format(fmt)
-    return {path: check_file(path, fmt) for path in resolve_paths(spec)}
+    return {path: check_file(path, fmt, columns) for path in resolve_paths(spec)}
 
 
-def read_pairs(spec: str | list[str], fmt: str = "auto", require_rows: bool = True) -> ReadResult:
+def read_pairs(spec: str | list[str], fmt: str = "auto", require_rows: bool = True,
+               columns: dict | None = None) -> ReadResult:
     """Read every file of ``spec``; raise DataError for a file with no valid rows."""
     total = ReadResult()
     for path in resolve_paths(spec):
-        r = read_file(path, fmt)
+        r = read_file(path, fmt, columns)
         if require_rows and not r.rows:
             first = r.rejects[0] if r.rejects else None
             why = f"; first problem at line {first['line']}: {first['reason']}" if first else " (file is empty)"

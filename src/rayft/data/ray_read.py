@@ -36,7 +36,8 @@ def _read_block(batch: pa.Table) -> pa.Table:
     return pa.concat_tables(out)
 
 
-def read_pairs_ray(spec: str | list[str], fmt: str = "auto", chunk_bytes: int = CHUNK_BYTES) -> ReadResult:
+def read_pairs_ray(spec: str | list[str], fmt: str = "auto", chunk_bytes: int = CHUNK_BYTES,
+                   columns: dict | None = None) -> ReadResult:
     """Every file of ``spec`` read by Ray Data tasks; rows in (file, line) order.
 
     Needs a running Ray (``_env.ray_start``). Raises DataError like ``formats.read_pairs``
@@ -44,11 +45,11 @@ def read_pairs_ray(spec: str | list[str], fmt: str = "auto", chunk_bytes: int = 
     """
     import ray.data
 
-    formats = check_pairs(spec, fmt)
+    formats = check_pairs(spec, fmt, columns)
     # a file's format is fixed from its first valid row (what check_pairs found), so
     # every byte range of a big JSONL file normalises the same way
     tasks = [dict(t, fmt=formats[p], defer_language=False)
-             for p in formats for t in plan_file(p, formats[p], chunk_bytes)]
+             for p in formats for t in plan_file(p, formats[p], chunk_bytes, columns=columns)]
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
     ds = ds.map_batches(_read_block, batch_size=1, batch_format="pyarrow", num_cpus=0.5)
     parts = [b for b in ds.iter_batches(batch_size=None, batch_format="pyarrow") if b.num_rows]

@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from .formats import FORMATS, RowError, detect_record_format, iter_raw_records, undetected
+from .formats import FORMATS, RowError, detect_record_format, iter_raw_records, map_columns, undetected
 from .formats import _normalize as normalize_record  # one record -> canonical fields
 from .records import PAIR_COLUMNS
 
@@ -33,12 +33,12 @@ def file_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def _first_format(lines) -> str | None:
+def _first_format(lines, columns: dict | None = None) -> str | None:
     for raw in lines:
         if not raw.strip():
             continue
         try:
-            fmt = detect_record_format(json.loads(raw))
+            fmt = detect_record_format(map_columns(json.loads(raw), columns))
         except (UnicodeDecodeError, json.JSONDecodeError):
             continue
         if fmt:
@@ -46,9 +46,12 @@ def _first_format(lines) -> str | None:
     return None
 
 
-def plan_file(path: str, fmt: str = "auto", chunk_bytes: int = 4 << 20, golden: bool = False) -> list[dict]:
+def plan_file(path: str, fmt: str = "auto", chunk_bytes: int = 4 << 20, golden: bool = False,
+              columns: dict | None = None) -> list[dict]:
     """Tasks for one file: byte ranges for JSONL, the whole file otherwise."""
     base = {"path": path, "fmt": fmt, "golden": golden, "start": 0, "end": -1, "first_line": 1}
+    if columns:
+        base["columns"] = dict(columns)
     if not path.endswith(".jsonl"):
         return [base]
     try:
@@ -58,7 +61,7 @@ def plan_file(path: str, fmt: str = "auto", chunk_bytes: int = 4 << 20, golden: 
     except OSError:
         return [base]  # read_task reports it
     if fmt == "auto":
-        base["fmt"] = _first_format(data.split(b"\n", 2000)[:2000]) or "auto"
+        base["fmt"] = _first_format(data.split(b"\n", 2000)[:2000], columns) or "auto"
     if size <= chunk_bytes:
         return [dict(base, end=size)]
     tasks, start, line = [], 0, 1
@@ -124,8 +127,10 @@ def read_task(task: dict) -> Batch:
         out["_masked"].append("")
         out["_golden"].append(golden)
 
+    columns = task.get("columns")
     try:
         for line, rec, raw, err in _iter_task(task):
+            rec = map_columns(rec, columns)
             if err is None and fmt is None:
                 fmt = detect_record_format(rec)
                 if fmt is None:
