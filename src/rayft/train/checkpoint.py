@@ -98,3 +98,9 @@ def load_trainable_weights(model, directory: Path, method: str) -> None:
         if real_missing or unexpected:
             raise RuntimeError(f"checkpoint weights do not match the model: missing {real_missing[:3]}, "
                                f"unexpected {unexpected[:3]}")
+
+
+def latest_checkpoint_dir(run_dir: Path) -> Path | None:
+    """The newest checkpoint Ray Train kept under ``run_dir/checkpoints`` (None before the first)."""
+    cands = sorted((Path(run_dir) / "checkpoints").glob("step_*/" + STATE))
+    return cands[-1].parent if cands else None

@@ -36,7 +36,7 @@ def trial_dirname(trial) -> str:
 
 def _prepare_data(plan: Plan) -> dict:
     """data_key -> (train config, Prepared) for every data variant; DataError/ConfigError on bad data."""
-    from ..train.launch import check_inputs, prepare
+    from ..train.datasets import check_inputs, prepare
 
     out = {}
     bs = next((p.values for p in plan.params if p.key == "train.batch_size"), [plan.base_cfg.train.batch_size])
@@ -108,7 +108,7 @@ def run_sweep(scfg: SweepConfig) -> str:
     import ray.data
     from ray import tune
 
-    from ..train.launch import _ray_datasets
+    from ..train.datasets import tokenized_datasets
     from .reaper import Reaper
     from .trial import run_trial
 
@@ -123,7 +123,7 @@ def run_sweep(scfg: SweepConfig) -> str:
     for key, (cfg, p) in data.items():
         # Trials get the tables and tokenized blocks, not the raw rows (report counts are in p.stats)
         slim = dataclasses.replace(p, read=dataclasses.replace(p.read, rows=[]))
-        shared[key] = (slim, _ray_datasets(p, cfg))
+        shared[key] = (slim, tokenized_datasets(p, cfg))
     driver = {"CPU": scfg.sweep.trial_cpus}  # the trial's own bundle; workers get theirs from Ray Train
     if scfg.sweep.trial_memory_gb:
         driver["memory"] = int(scfg.sweep.trial_memory_gb * 2**30)
