@@ -17,7 +17,7 @@ KEYS = sorted({k for spec, *_ in STAGES.values() for k in leaves(_resolve(spec))
 NASTY = ["inf", "-inf", ".inf", "nan", ".nan", "1e400", "-1e400", "9" * 5000, "0x10", "0o17", "1_000", "12:30",
          "0123", "yes", "no", "on", "~", "null", "", " ", "[", "]", "{", "}", "[no]", "{a: [}", "[" * 3000,
          "{a: 1}", "[1, 2]", "- a", "!!python/object:os.system", "&a [*a]", "'", '"', "\x00", "\ud800",
-         "ｐａｓｓｗｏｒｄ", "pass\u200bword", "-1", "0", "1.5", "true", "False", "a,b,,c", "{id}", "{0[0]}",
+         "ｐａｓｓｗｏｒｄ", "pass\u200bword", "-1", "0", "1.5", "true", "False", "a,b,,c", "{id}", "{0[0]}", "{id[0]}",
          "%(x)s", "\\", "../../etc/passwd", "s3://a:b@c/d"]
 
 key = st.one_of(st.sampled_from(KEYS),
