@@ -50,8 +50,12 @@ BODY = st.fixed_dictionaries({}, optional={
     "echo": JSON}) | st.dictionaries(st.sampled_from(KEYS) | TEXT, JSON, max_size=6)
 # a valid request with one or two fields replaced by anything: reaches the deeper checks
 VALID = {"model": "en", "messages": [{"role": "user", "content": "hi"}], "prompt": "hi", "max_tokens": 2}
+HOSTILE = st.sampled_from([math.nan, math.inf, -math.inf, 2**70, -(2**70), 10**30, 1e-40, 5e-324, 1e308, "\ud800",
+                           "a\udfffb", [[[[]]]], {}, [], "", True, None, [{"role": "user", "content": "\udc80"}],
+                           [{"role": "user", "content": [{"type": "text", "text": math.nan}]}]])
 MUTATED = st.builds(lambda upd: {**VALID, **upd}, st.dictionaries(
-    st.sampled_from(KEYS), SCALARS | JSON | st.lists(MESSAGE, min_size=1, max_size=3), min_size=1, max_size=2))
+    st.sampled_from(KEYS), HOSTILE | SCALARS | JSON | st.lists(MESSAGE, min_size=1, max_size=3),
+    min_size=1, max_size=2))
 
 
 def _encode(body, ascii_: bool) -> bytes:
@@ -99,13 +103,13 @@ def _count(key: str) -> None:
     SEEN[key] = SEEN.get(key, 0) + 1
 
 
-@settings(max_examples=400, deadline=None, database=None)
+@settings(max_examples=400, deadline=None, database=None, derandomize=True)
 @given(body=BODY | MUTATED, ascii_=st.booleans(), chat=st.booleans())
 def test_fuzz_validation_structured(body, ascii_, chat):
     _count(_validate(_encode(body, ascii_), oa.parse_chat if chat else oa.parse_completion))
 
 
-@settings(max_examples=200, deadline=None, database=None)
+@settings(max_examples=200, deadline=None, database=None, derandomize=True)
 @given(raw=st.binary(max_size=200) | st.builds(lambda b, cut: b[:cut], st.builds(
     lambda body: _encode(body, False), BODY), st.integers(0, 200)))
 def test_fuzz_validation_raw_bytes(raw):
@@ -113,7 +117,7 @@ def test_fuzz_validation_raw_bytes(raw):
     _count(_validate(raw, oa.parse_chat))
 
 
-@settings(max_examples=60, deadline=None, database=None)
+@settings(max_examples=60, deadline=None, database=None, derandomize=True)
 @given(depth=st.integers(1, 3000), kind=st.sampled_from("[{"), digits=st.integers(1, 6000))
 def test_fuzz_validation_sizes(depth, kind, digits):
     """Deep nesting and long integers, well past Python's recursion and int-string limits."""
@@ -131,7 +135,7 @@ def empty_router(tmp_path_factory):
     return Router(str(d / "reg"), ["en", "zh"], {"en": "en", "zh": "zh"}, "en", refresh_s=0.0)
 
 
-@settings(max_examples=200, deadline=None, database=None,
+@settings(max_examples=200, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(model=TEXT | st.builds(lambda a, b: f"{a}:{b}", TEXT, TEXT), text=TEXT)
 def test_fuzz_router_model_ids(empty_router, model, text):
@@ -188,7 +192,7 @@ def _check_http(r: requests.Response) -> None:
             assert body["choices"] and body["usage"]["completion_tokens"] <= LIMIT
 
 
-@settings(max_examples=30, deadline=None, database=None,
+@settings(max_examples=30, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(body=MUTATED | BODY, ascii_=st.booleans(),
        path=st.sampled_from(["/v1/chat/completions", "/v1/completions"]))

@@ -178,6 +178,8 @@ def test_hostile_bodies_are_400_with_openai_error():
     for bad in (float("nan"), float("inf"), 2**64):  # the same values arriving as Python objects
         with pytest.raises(oa.ApiError):
             oa.parse_chat({"model": "m", "messages": CHAT1, "max_tokens": bad, "seed": bad}, 16, 64)
+    busy = oa.ApiError(503, "busy", "server_busy", retry_after=3)
+    assert busy.headers() == {"Retry-After": "3"} and oa.ApiError(401, "k").headers() == {"WWW-Authenticate": "Bearer"}
     # a vanishing temperature is greedy, not logits / 1e-40 = inf -> NaN probabilities
     assert oa.parse_chat({"model": "m", "messages": CHAT1, "temperature": 1e-40}, 16, 64)["temperature"] == 0.0
     assert oa.parse_chat({"model": "m", "messages": CHAT1, "temperature": 0.7}, 16, 64)["temperature"] == 0.7
@@ -257,3 +259,18 @@ def test_engine_bounds_prompts_and_answers_while_a_long_request_runs(reg):
     t.join(60)
     assert long_out["completion_tokens"] >= 1
     assert eng.generate(h2, req)["prompt_tokens"] >= 1  # free again
+
+
+def test_internal_errors_say_nothing_about_the_server(caplog):
+    """The gateway's catch-all: a generic 500 with a request id; the detail only in the log."""
+    from rayft.serve.app import internal_error
+
+    try:
+        raise RuntimeError("ray.exceptions.RayTaskError: /work/main/secret.py at 10.1.2.3:6379")
+    except RuntimeError as e:
+        r = internal_error(e)
+    body = json.loads(r.body)
+    assert r.status_code == 500 and set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["type"] == "server_error" and "request id" in body["error"]["message"]
+    for leak in ("RayTaskError", "/work", "10.1.2.3", "RuntimeError"):
+        assert leak not in r.body.decode()

@@ -52,13 +52,19 @@ def _err(status: int, message: str, type_: str = "invalid_request_error", code: 
                       "retry_after": retry_after}}
 
 
-def internal_error() -> JSONResponse:
+def internal_error(exc: BaseException | None = None) -> JSONResponse:
     """A 500 that says nothing about the server (paths, addresses, exception text): the detail
     is logged with the same id."""
     eid = uuid.uuid4().hex[:12]
-    log.exception(f"rayft: request {eid} failed")
+    log.error(f"rayft: request {eid} failed", exc_info=exc or True)
     return JSONResponse(oa.ApiError(500, f"internal server error (request id {eid}); the server log has the "
                                          "details", "server_error").body(), status_code=500)
+
+
+@api.exception_handler(Exception)
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    """Last line: whatever a route did not catch is a generic 500 too (never Starlette's text)."""
+    return internal_error(exc)
 
 
 async def read_body(request: Request, limit: int = oa.MAX_BODY) -> bytes:
