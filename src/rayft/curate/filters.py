@@ -231,14 +231,53 @@ def secrets_batch(b: Batch, cfg: SecretsCfg) -> Batch:
     return out
 
 
+def normalized_view(s: str) -> tuple[str, list[int]]:
+    """The text the detectors see after the normalize filter (NFKC, no control/invisible
+    characters), and for each of its characters the index of the raw character it came from.
+
+    Per-character NFKC: a secret split by zero-width characters ('pass\u200bword') or
+    written in full-width forms ('ｐａｓｓｗｏｒｄ：ｈｕｎｔｅｒ２２') reads here as it does to
+    the drop decision, and every span found maps back onto the raw characters."""
+    out: list[str] = []
+    idx: list[int] = []
+    for i, c in enumerate(s):
+        if c.isascii() and c.isprintable() or c in "\n\t":
+            out.append(c)
+            idx.append(i)
+            continue
+        t = _CTRL.sub("", unicodedata.normalize("NFKC", c))
+        if c == "\r":
+            t = "\n"
+        out.append(t)
+        idx.extend([i] * len(t))
+    return "".join(out), idx
+
+
+def redact_text(text: str, cfg: SecretsCfg, kinds: tuple[str, ...] = KINDS) -> str:
+    """``text`` with every secret the detectors find in its normalized view masked in the raw
+    string (the same view the drop decision scans), whatever invisible or full-width
+    characters hide it."""
+    if not text:
+        return text
+    if text.isascii() and text.isprintable():
+        return mask(text, _scan(text, kinds, cfg), cfg.mask_format)
+    view, idx = normalized_view(text)
+    spans = _scan(view, kinds, cfg)
+    if not spans:
+        return text
+    raw = [sp._replace(start=idx[sp.start], end=idx[sp.end - 1] + 1) for sp in spans if sp.end > sp.start]
+    return mask(text, raw, cfg.mask_format)
+
+
 def redact_record(record, cfg: SecretsCfg):
-    """A reject's original record with every detected secret masked (all kinds)."""
+    """A reject's original record with every detected secret masked (all kinds), detected on
+    the normalized view of each string (``redact_text``). Keys are redacted too."""
     if isinstance(record, str):
-        return mask(record, _scan(record, KINDS, cfg), cfg.mask_format)
+        return redact_text(record, cfg)
     if isinstance(record, list):
         return [redact_record(r, cfg) for r in record]
     if isinstance(record, dict):
-        return {k: redact_record(v, cfg) for k, v in record.items()}
+        return {redact_text(k, cfg) if isinstance(k, str) else k: redact_record(v, cfg) for k, v in record.items()}
     return record
 
 

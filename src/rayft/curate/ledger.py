@@ -27,9 +27,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.feather as feather
 
-from ..storage import atomic_write_json
+from ..storage import atomic_write_json, fsync_dir, fsync_tree
 
 RUN_FILE = re.compile(r"^(?:part-|accepted-)?(r\d{4,})[-.]")
+RUN_ID = re.compile(r"^r\d{4,}$")
 ACCEPTED_COLUMNS = ("hash", "file", "line", "dtext", "sig")  # + "split" (train/val/golden; "" in old ledgers)
 
 
@@ -54,7 +55,24 @@ class Ledger:
         self.path = self.dir / "ledger.json"
         self.state = {"version": 1, "runs": [], "files": {}}
         if self.path.exists():
-            self.state = json.loads(self.path.read_text(encoding="utf-8"))
+            self.state = self._read()
+
+    def _read(self) -> dict:
+        """ledger.json, or a one-line DataError naming it and what was expected."""
+        from ..data.formats import DataError
+        try:
+            state = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise DataError(f"{self.path}: corrupt ledger: expected the JSON `rayft curate` writes "
+                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); restore it or curate "
+                            "into a new output directory") from None
+        ok = (isinstance(state, dict) and isinstance(state.get("runs"), list) and isinstance(state.get("files"), dict)
+              and all(isinstance(r, dict) and isinstance(r.get("run"), str) and RUN_ID.match(r["run"])
+                      for r in state["runs"]))
+        if not ok:
+            raise DataError(f"{self.path}: corrupt ledger: expected {{\"runs\": [{{\"run\": \"r0001\", ...}}], "
+                            "\"files\": {sha256: {...}}}; restore it or curate into a new output directory")
+        return state
 
     # ------------------------------------------------------------------ queries
     @property
@@ -146,13 +164,17 @@ class Ledger:
     def publish(self, run_id: str) -> list[str]:
         """Move ``_staging/<run>/**`` into the output tree (same filesystem: atomic renames)."""
         src = self.staging(run_id)
-        moved = []
+        fsync_tree(src)  # shards, rejects, reports, accepted-*.arrow durable before they move
+        moved, dirs = [], set()
         for p in sorted(src.rglob("*")):
             if p.is_file():
                 dst = self.out / p.relative_to(src)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(p, dst)
                 moved.append(str(dst.relative_to(self.out)))
+                dirs.update(d for d in [dst.parent, *dst.parent.parents] if d == self.out or self.out in d.parents)
+        for d in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
+            fsync_dir(d)  # the renames themselves, before commit() makes the run visible
         shutil.rmtree(self.out / "_staging", ignore_errors=True)
         return moved
 

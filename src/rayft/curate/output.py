@@ -62,7 +62,10 @@ def write_rejects(table: pa.Table, staging: Path, run_id: str, cfg: CurateConfig
         # Rows removed after the secrets filter with nothing masked held no secret: skip the scan.
         if cfg.secrets.redact_rejects and (cols["_filter"][k] in _UNSCANNED or cols["_masked"][k]):
             record = redact_record(record, cfg.secrets)
-        line = {"filter": cols["_filter"][k], "reason": cols["_reason"][k], "file": cols["file"][k],
+        reason = cols["_reason"][k]
+        if cfg.secrets.redact_rejects and reason:  # read errors may quote a field's value
+            reason = redact_record(reason, cfg.secrets)
+        line = {"filter": cols["_filter"][k], "reason": reason, "file": cols["file"][k],
                 "line": cols["line"][k], "id": cols["id"][k] or None, "record": record}
         out[cols["_filter"][k]].append(json.dumps(line, ensure_ascii=False, default=str))
     for name, lines in out.items():
