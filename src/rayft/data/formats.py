@@ -175,7 +175,7 @@ def iter_raw_records(path: str) -> Iterator[tuple[int, Any, str | None]]:
     if path.endswith(".json"):
         try:
             obj = json.loads(Path(path).read_bytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             obj = None  # maybe JSON Lines with a .json name: fall through
         else:
             items = obj if isinstance(obj, list) else [obj]
@@ -200,6 +200,8 @@ def _iter_lines(f) -> Iterator[tuple[int, Any, str | None]]:
             yield i, json.loads(text), None
         except json.JSONDecodeError as e:
             yield i, text, f"malformed JSON: {e.msg} at column {e.colno}"
+        except RecursionError:
+            yield i, text, "malformed JSON: nested too deeply"
 
 
 def detect_record_format(rec: Any) -> str | None:
@@ -271,6 +273,8 @@ def _loads(v: Any, what: str) -> Any:
         return json.loads(v)
     except json.JSONDecodeError as e:
         raise RowError(f"{what} is not valid JSON: {e.msg} at column {e.colno}") from None
+    except RecursionError:
+        raise RowError(f"{what} is not valid JSON: nested too deeply") from None
 
 
 def content_text(c: Any, where: str, allow_empty: bool = False) -> str:

@@ -39,7 +39,7 @@ def _first_format(lines, columns: dict | None = None) -> str | None:
             continue
         try:
             fmt = detect_record_format(map_columns(json.loads(raw), columns))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             continue
         if fmt:
             return fmt
@@ -94,6 +94,8 @@ def _iter_task(task: dict):
                 yield i, json.loads(text), text, None
             except json.JSONDecodeError as e:
                 yield i, text, text, f"malformed JSON: {e.msg} at column {e.colno}"
+            except RecursionError:
+                yield i, text, text, "malformed JSON: nested too deeply"
         return
     for line, rec, err in iter_raw_records(path):
         raw = rec if isinstance(rec, str) else json.dumps(rec, ensure_ascii=False, default=str)

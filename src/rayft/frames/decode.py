@@ -7,6 +7,7 @@ side, centre crop); normalisation happens in the embedder, on the batch tensor.
 """
 from __future__ import annotations
 
+import struct
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,10 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated frame is rejected, not half-grey
+
+
+#: What PIL's format plugins raise on forged or truncated input besides OSError.
+_PIL_ERRORS = (SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError, ZeroDivisionError, KeyError)
 
 
 class FrameReject(Exception):
@@ -73,6 +78,8 @@ def open_frame(path: str | Path, max_pixels: int, min_side: int, draft: int = 0)
             raise FrameReject(f"too many pixels: {e}") from None
         except OSError as e:
             raise FrameReject(f"unreadable: {e}") from None
+        except _PIL_ERRORS as e:  # a truncated/forged header (e.g. PPM: ValueError) - found by tests/test_fuzz_images.py
+            raise FrameReject(f"corrupt or truncated: {type(e).__name__}: {e}") from None
         try:
             w, h = im.size
             if w * h > max_pixels:  # checked on the header, before any pixel is decoded
@@ -91,7 +98,7 @@ def open_frame(path: str | Path, max_pixels: int, min_side: int, draft: int = 0)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             im.close()
             raise FrameReject(f"too many pixels: {e}") from None
-        except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
+        except (OSError, MemoryError, *_PIL_ERRORS) as e:
             im.close()
             raise FrameReject(f"corrupt or truncated: {type(e).__name__}: {e}") from None
     if rgb is not im:
