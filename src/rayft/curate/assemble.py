@@ -109,18 +109,25 @@ def near_dedup(w: Working, prior: pa.Table, cfg: CurateConfig) -> int:
         return prior_text[k] if k < n_prior else new_text(k - n_prior)
 
     rep, sim = dd.near_duplicates(sig, text, d.threshold, d.ngram, d.bands, d.rows, n_prior, d.max_bucket)
+    return _mark_duplicates(w, alive, rep, n_prior, prior, "near_dedup",
+                            lambda where, k: f"near duplicate of {where} (jaccard {sim[k]:.2f})")
+
+
+def _mark_duplicates(w: Working, rows: list[int], rep: np.ndarray, n_prior: int, prior: pa.Table, filt: str,
+                     reason) -> int:
+    """Reject every row whose representative ``rep[k] >= 0`` is another row: indices below
+    ``n_prior`` are previously accepted rows (``prior``), the rest are ``rows[k - n_prior]``."""
     files, lines = w.col("file"), w.col("line")
-    pf, pl = prior["file"].to_pylist(), prior["line"].to_pylist()
-    n = 0
-    for k in np.flatnonzero(rep >= 0).tolist():
-        i, r = alive[k - n_prior], int(rep[k])
-        where = f"previously accepted {pf[r]}:{pl[r]}" if r < n_prior else _where(files, lines, alive[r - n_prior])
+    hits = np.flatnonzero(rep >= 0).tolist()
+    pf, pl = (prior["file"].to_pylist(), prior["line"].to_pylist()) if hits and n_prior else ([], [])
+    for k in hits:
+        i, r = rows[k - n_prior], int(rep[k])
+        where = f"previously accepted {pf[r]}:{pl[r]}" if r < n_prior else _where(files, lines, rows[r - n_prior])
         if r < n_prior:
             w.prior_dup[i] = r
-        w.filt[i] = "near_dedup"
-        w.reason[i] = f"near duplicate of {where} (jaccard {sim[k]:.2f})"
-        n += 1
-    return n
+        w.filt[i] = filt
+        w.reason[i] = reason(where, k)
+    return len(hits)
 
 
 def embed_dedup(w: Working, rows: list[int], emb: np.ndarray, prior_emb: np.ndarray | None,
@@ -128,23 +135,11 @@ def embed_dedup(w: Working, rows: list[int], emb: np.ndarray, prior_emb: np.ndar
     """Cosine near-dup over sentence embeddings of ``rows`` (alive rows, processing order)."""
     if prior_emb is None or prior_emb.size == 0:
         prior_emb = np.zeros((0, emb.shape[1]), np.float32)
-        pf = pl = []
-    else:
-        pf, pl = prior["file"].to_pylist(), prior["line"].to_pylist()
     allv = np.concatenate([prior_emb.astype(np.float32), emb.astype(np.float32)])
     n_prior = prior_emb.shape[0]
     rep, sim = dd.embedding_duplicates(allv, cfg.embed.threshold, n_prior)
-    files, lines = w.col("file"), w.col("line")
-    n = 0
-    for k in np.flatnonzero(rep >= 0).tolist():
-        i, r = rows[k - n_prior], int(rep[k])
-        where = f"previously accepted {pf[r]}:{pl[r]}" if r < n_prior else _where(files, lines, rows[r - n_prior])
-        if r < n_prior:
-            w.prior_dup[i] = r
-        w.filt[i] = "embed_dedup"
-        w.reason[i] = f"embedding near duplicate of {where} (cosine {sim[k]:.3f})"
-        n += 1
-    return n
+    return _mark_duplicates(w, rows, rep, n_prior, prior, "embed_dedup",
+                            lambda where, k: f"embedding near duplicate of {where} (cosine {sim[k]:.3f})")
 
 
 def assign_splits(w: Working, cfg: CurateConfig) -> None:
