@@ -172,3 +172,30 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path, ray_session):
     assert s["trained_steps_this_run"] == 40 - s["resumed_from"][-1]
     assert int(pid_file.read_text()) != killed[0]  # a new worker finished it
     assert (out / "cluster_007" / "cluster_007.safetensors").is_file()
+
+
+def test_discover_triggers_and_image_rejects(tmp_path):
+    """Pure (no Ray): which folders are characters, why others are skipped, per-image rejects."""
+    from rayft.config import from_dict
+    from rayft.frames.config import FramesConfig
+    from rayft.frames.train import detect_trigger, discover, load_images
+
+    make_character(tmp_path / "cluster_000", (220, 30, 30), n=5)
+    make_corrupt(tmp_path / "cluster_000", n=1)  # one bad image among good ones
+    make_character(tmp_path / "cluster_001", (30, 30, 220), n=2)
+    (tmp_path / "contact_sheets").mkdir()
+    make_character(tmp_path / "contact_sheets", (0, 0, 0), n=1)
+    (tmp_path / "contact_sheets" / "ep01__0000.txt").unlink()
+    (tmp_path / "empty").mkdir()
+    cfg = from_dict(FramesConfig, {"train": {"input": str(tmp_path), "output": str(tmp_path / "o"), "min_images": 4}})
+    chars, skipped = discover(cfg)
+    assert list(chars) == ["cluster_000"] and len(chars["cluster_000"]) == 6
+    assert skipped == {"cluster_001": "2 image/caption pairs < train.min_images=4",
+                       "contact_sheets": "0 image/caption pairs < train.min_images=4 (1 images without a .txt caption)"}
+    x, caps, rejects = load_images(chars["cluster_000"], 32, 50_000_000)
+    assert x.shape == (5, 3, 32, 32) and float(x.min()) >= -1 and float(x.max()) <= 1 and len(caps) == 5
+    assert len(rejects) == 1 and rejects[0][0] == "ep02__0000.png" and "\n" not in rejects[0][1]
+    assert detect_trigger(["char007, red", "char007, blue", "other"]) == "char007"
+    from rayft.config import ConfigError
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        from_dict(FramesConfig, {"train": {"resolution": 36}})

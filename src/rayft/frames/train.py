@@ -81,6 +81,8 @@ def discover(cfg) -> tuple[dict[str, list[tuple[str, str]]], dict[str, str]]:
         except OSError as e:
             skipped[d.name] = f"cannot list: {e.strerror}"
             continue
+        if not pairs and not missing:
+            continue  # no images at all: not a character folder (images without captions are listed)
         if len(pairs) < t.min_images:
             skipped[d.name] = (f"{len(pairs)} image/caption pairs < train.min_images={t.min_images}"
                                + (f" ({missing} images without a .txt caption)" if missing else ""))
@@ -184,23 +186,30 @@ def train_character(t, name: str, pairs: list, source: str, char_dir: Path, samp
     dtype = _dtype(t.precision, device)
     pipe = load_pipeline(source, dtype, device)
     res = t.resolution or default_resolution(pipe)
-    pixels, captions, rejects = load_images(pairs, res, t.max_image_pixels)
+    if t.max_images and len(pairs) > t.max_images:  # evenly spaced over the (episode-sorted) folder
+        pairs = [pairs[round(i * (len(pairs) - 1) / (t.max_images - 1))] if t.max_images > 1 else pairs[0]
+                 for i in range(t.max_images)]
+
+    # The frozen VAE and text encoder run once per image/caption (kohya's cache_latents and
+    # cache_text_encoder_outputs): each step then only runs the UNet. Images are decoded and
+    # encoded 8 at a time, so memory holds latents, never a character's pixels.
+    vae = pipe.vae
+    sf, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
+    means, stds, captions, rejects = [], [], [], []
+    for i in range(0, len(pairs), 8):
+        pixels, caps, rej = load_images(pairs[i:i + 8], res, t.max_image_pixels)
+        captions += caps
+        rejects += rej
+        if caps:
+            with torch.no_grad():
+                dist = vae.encode(pixels.to(device, dtype)).latent_dist
+            means.append(dist.mean.float().cpu())
+            stds.append(dist.std.float().cpu())
     if len(captions) < t.min_images:
         first = f"; first: {rejects[0][0]}: {rejects[0][1]}" if rejects else ""
         raise CharacterError(f"{len(captions)} of {len(pairs)} images usable (< train.min_images="
                              f"{t.min_images}){first}")
     trigger = t.trigger or detect_trigger(captions)
-
-    # The frozen VAE and text encoder run once per image/caption (kohya's cache_latents and
-    # cache_text_encoder_outputs): each step then only runs the UNet.
-    vae = pipe.vae
-    sf, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
-    means, stds = [], []
-    with torch.no_grad():
-        for i in range(0, len(pixels), 8):
-            dist = vae.encode(pixels[i:i + 8].to(device, dtype)).latent_dist
-            means.append(dist.mean.float().cpu())
-            stds.append(dist.std.float().cpu())
     mean, std = torch.cat(means), torch.cat(stds)
     cond = _Conditioner(pipe, device, res)
     uniq = sorted(set(captions))

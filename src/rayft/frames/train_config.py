@@ -25,6 +25,8 @@ class TrainSection(Section):
     model_seed: int = opt(0, "seed of the tiny-sd preset's random weights")
     extensions: list[str] = opt(["png", "jpg", "jpeg", "webp"], "image file extensions (case-insensitive)")
     min_images: int = opt(25, "characters with fewer usable image/caption pairs are skipped (recorded)", ge=1)
+    max_images: int = opt(1000, "use at most this many image/caption pairs per character, evenly "
+                          "spaced over the folder (2000 steps x batch 2 see 4000 samples); 0 = all", ge=0)
     only: list[str] = opt([], "train only these characters, e.g. [cluster_003, cluster_007] (empty = all)")
     max_characters: int = opt(0, "train at most this many unfinished characters this run (0 = all)", ge=0)
     trigger: str = opt("", "trigger word for sample prompts; empty = the most common first "
