@@ -54,3 +54,27 @@ def test_sources_validation(sources, tmp_path):
         check_mixture([dict(sources[0], columns=None)])
     assert [s["name"] for s in check_mixture(sources)] == ["qa", "chat"]
     assert json.dumps(check_sources(["a.jsonl"])[0]["columns"]) == "{}"
+
+
+def test_train_prepare_reads_a_mixture(sources, tmp_path):
+    """`rayft train` with data.sources (given as a key=value override): the driver-side data
+    phase reads each source, weights it and reports it per source (no Ray: in-process read)."""
+    from pathlib import Path
+
+    from rayft.config import ConfigError, load
+    from rayft.data.formats import read_pairs
+    from rayft.train.config import TrainConfig
+    from rayft.train.datasets import check_inputs, prepare
+
+    repo = Path(__file__).resolve().parents[1]
+    over = [f"run.dir={tmp_path}", "data.path=", "data.sources=" + json.dumps(sources), "data.train_on=all_assistant"]
+    cfg = load(TrainConfig, repo / "configs/tiny.yaml", over)
+    assert cfg.data.sources[0]["columns"] == {"prompt": "question", "response": "answer"}
+    check_inputs(cfg)
+    p = prepare(cfg, read=read_pairs, source="tiny-qwen2")
+    assert [(s["name"], s["read"], s["kept"], s["rejected"], s["used"]) for s in p.stats["sources"]] == [
+        ("qa", 41, 40, 1, 20), ("chat", 11, 3, 8, 6)]
+    assert p.stats["train_rows"] + p.stats["val_rows"] == 26 and p.stats["rows_read"] == 52
+    assert p.train_table.num_rows == p.stats["train_rows"] and "messages" in p.train_table.column_names
+    with pytest.raises(ConfigError, match="give one"):
+        load(TrainConfig, repo / "configs/tiny.yaml", over[:1] + over[2:3])

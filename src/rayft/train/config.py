@@ -32,6 +32,11 @@ class DataSection(Section):
     max_seq_len: int = opt(512, "tokens per example; longer examples are truncated and counted", ge=8)
     system_prompt: str = opt("", "system message added to every example without its own")
     language: str = opt("", "keep only rows of this language (e.g. en or zh); empty keeps all")
+    sources: list[dict] = opt(
+        [], "a weighted mixture instead of data.path: [{path, format, columns, weight | max_rows, name}]; "
+        "columns maps rayft fields to the source's columns (e.g. {prompt: question, response: answer}); "
+        "weight multiplies the source's rows (0.5: a seeded half, 2: twice), max_rows caps them; "
+        "report.json lists each source's rows read/kept/rejected/used (rayft.data.mixture)")
     train_on: Literal["last", "all_assistant"] = opt(
         "last", "which assistant turns carry loss: last (the final reply; in a tool-calling conversation "
         "every assistant turn after the last user turn, tool calls included) | all_assistant (every "
@@ -163,6 +168,8 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _required(self, info: ValidationInfo):
-        if complete(info) and not self.data.path:
-            raise ConfigError("data.path is required (a pairs file, directory or glob)")
+        if complete(info) and not self.data.path and not self.data.sources:
+            raise ConfigError("data.path is required (a pairs file, directory or glob), or data.sources")
+        if self.data.path and self.data.sources:
+            raise ConfigError("data.path and data.sources: give one (data.sources lists every source)")
         return self

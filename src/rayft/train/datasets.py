@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..data.formats import DataError, ReadResult, check_pairs
+from ..data.mixture import check_mixture, read_mixture
 from ..data.ray_read import read_pairs_ray
 from ..data.records import content_hash, rows_to_table, split_of
 from .config import TrainConfig
@@ -40,7 +41,10 @@ def check_inputs(cfg: TrainConfig) -> str:
     resolves. Returns the model source."""
     from ..models.load import ModelError, resolve_source
 
-    check_pairs(cfg.data.path, cfg.data.format)
+    if cfg.data.sources:
+        check_mixture(cfg.data.sources)
+    else:
+        check_pairs(cfg.data.path, cfg.data.format)
     if cfg.data.val_path:
         check_pairs(cfg.data.val_path, cfg.data.format)
     try:
@@ -78,8 +82,11 @@ def prepare(cfg: TrainConfig, read=None, source: str | None = None) -> Prepared:
     """
     source = source or check_inputs(cfg)
     read = read or read_pairs_ray
-    res = read(cfg.data.path, cfg.data.format)
-    other_language = keep_language(res, cfg.data.language, cfg.data.path)
+    if cfg.data.sources:  # weighted mixture, each source read like data.path
+        res = read_mixture(cfg.data.sources, cfg.run.seed, read)
+    else:
+        res = read(cfg.data.path, cfg.data.format)
+    other_language = keep_language(res, cfg.data.language, cfg.data.path or "data.sources")
     if cfg.data.val_path:
         val_res = read(cfg.data.val_path, cfg.data.format)
         other_language += keep_language(val_res, cfg.data.language, cfg.data.val_path)
@@ -100,7 +107,8 @@ def prepare(cfg: TrainConfig, read=None, source: str | None = None) -> Prepared:
         r["row_idx"] = i
     stats = {"rows_read": res.rows_read + (len(val_rows) if cfg.data.val_path else 0),
              "rows_rejected": len(res.rejects), "rows_other_language": other_language,
-             "train_rows": len(train_rows), "val_rows": len(val_rows), "files": res.files}
+             "train_rows": len(train_rows), "val_rows": len(val_rows), "files": res.files,
+             "sources": res.sources}
     return Prepared(run_dir_of(cfg), source, _table(train_rows), _table(val_rows), res, stats)
 
 
@@ -127,7 +135,7 @@ def tokenized_datasets(p: Prepared, cfg: TrainConfig) -> tuple[dict, dict]:
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     kw = dict(source=p.source, max_seq_len=cfg.data.max_seq_len, system_prompt=cfg.data.system_prompt,
-              trust_remote_code=cfg.model.trust_remote_code)
+              trust_remote_code=cfg.model.trust_remote_code, train_on=cfg.data.train_on)
     n = cfg.scaling.num_workers
     full, parts = {}, {}
     for name, table in (("train", p.train_table), ("val", p.val_table)):

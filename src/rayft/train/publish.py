@@ -107,7 +107,7 @@ def build_report(cfg: TrainConfig, p: Prepared, metrics: list[dict], state: dict
         "val_loss": vals[-1]["val_loss"] if vals else None,
         "tokens_per_s": tot_tokens / tot_time if tot_time else 0.0,
         "tokens_per_s_windows": tok_s,
-        "peak_rss_mb": peaks, "wall_s": wall, "files": p.stats["files"],
+        "peak_rss_mb": peaks, "wall_s": wall, "files": p.stats["files"], "sources": p.stats.get("sources", []),
         "checkpoint": str(latest_checkpoint_dir(p.run_dir)), "config": to_dict(cfg),
         "command": " ".join(sys.argv),
     }
