@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import model_validator
 
 from ..config import ConfigError, Section, opt, section
+from .segment_config import SegmentSection
 from .train_config import TrainSection
 
 
@@ -123,3 +124,4 @@ class FramesConfig(Section):
     cluster: ClusterSection = section(ClusterSection, "rayft frames cluster")
     export: ExportSection = section(ExportSection, "rayft frames export")
     train: TrainSection = section(TrainSection, "rayft frames train (one LoRA per character folder)")
+    segment: SegmentSection = section(SegmentSection, "rayft frames segment (optional: character-only RGBA crops)")
