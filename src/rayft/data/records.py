@@ -128,3 +128,43 @@ def message_texts(messages: str) -> list[str]:
     out: list[str] = []
     map_message_texts(messages, lambda t: out.append(t) or t)
     return out
+
+
+def split_u(row_hash: str, salt: str = "") -> float:
+    """The uniform number ``split_of`` compares with the validation fraction."""
+    h = hashlib.sha1((salt + row_hash).encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def ensure_min_val(train: list[dict], val: list[dict], min_rows: int, salt: str = "",
+                   warn_below: int = 10) -> tuple[list[dict], list[dict], list[str]]:
+    """Per language, move training rows into validation until it has ``min_rows`` (never
+    more than half the language's rows), taking the rows nearest to the validation side of
+    the hash split, so a rerun moves the same rows and they are never trained on (an eval
+    that rebuilds the split by hash sees a subset of this validation set). Returns
+    (train, val, warnings); a warning names each language left under ``warn_below`` rows."""
+    def lang_of(r):
+        return r.get("language") or "und"
+
+    def u(r):
+        return split_u(content_hash(r["system"], r["history"], r["prompt"], r["response"]), salt)
+
+    langs = sorted({lang_of(r) for r in train + val})
+    notes = []
+    if min_rows > 0:
+        move = set()
+        for lang in langs:
+            t = [i for i, r in enumerate(train) if lang_of(r) == lang]
+            have = sum(1 for r in val if lang_of(r) == lang)
+            want = min(min_rows, (len(t) + have) // 2) - have
+            if want > 0:
+                move.update(sorted(t, key=lambda i: u(train[i]))[:want])
+        val = val + [r for i, r in enumerate(train) if i in move]
+        train = [r for i, r in enumerate(train) if i not in move]
+    for lang in langs:
+        n_val = sum(1 for r in val if lang_of(r) == lang)
+        if n_val < warn_below:
+            n = n_val + sum(1 for r in train if lang_of(r) == lang)
+            notes.append(f"language {lang!r}: {n_val} validation rows of {n} (under {warn_below}: its validation "
+                         "loss says little; set data.min_val_rows or give data.val_path)")
+    return train, val, notes

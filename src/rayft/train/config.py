@@ -32,6 +32,9 @@ class DataSection(Section):
     max_seq_len: int = opt(512, "tokens per example; longer examples are truncated and counted", ge=8)
     system_prompt: str = opt("", "system message added to every example without its own")
     language: str = opt("", "keep only rows of this language (e.g. en or zh); empty keeps all")
+    min_val_rows: int = opt(0, "with val_fraction: move training rows into validation until each language "
+                            "has this many (at most half its rows; hash-nearest rows, deterministic); a "
+                            "language under 10 validation rows is warned about either way", ge=0)
     sources: list[dict] = opt(
         [], "a weighted mixture instead of data.path: [{path, format, columns, weight | max_rows, name}]; "
         "columns maps rayft fields to the source's columns (e.g. {prompt: question, response: answer}); "

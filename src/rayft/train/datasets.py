@@ -10,6 +10,7 @@ worker; ``PreSplit`` hands worker i its piece. `rayft sweep` calls the same thre
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from ..config import ConfigError
 from ..data.formats import DataError, ReadResult, check_pairs
 from ..data.mixture import check_mixture, read_mixture
 from ..data.ray_read import read_pairs_ray
-from ..data.records import content_hash, rows_to_table, split_of
+from ..data.records import content_hash, ensure_min_val, rows_to_table, split_of
 from .config import TrainConfig
 
 
@@ -97,6 +98,10 @@ def prepare(cfg: TrainConfig, read=None, source: str | None = None) -> Prepared:
         for r in res.rows:
             h = content_hash(r["system"], r["history"], r["prompt"], r["response"])
             (val_rows if split_of(h, cfg.data.val_fraction, str(cfg.run.seed)) == "val" else train_rows).append(r)
+        if cfg.data.val_fraction > 0:  # a small language must not get 0-1 validation rows silently
+            train_rows, val_rows, notes = ensure_min_val(train_rows, val_rows, cfg.data.min_val_rows, str(cfg.run.seed))
+            for note in notes:
+                print(f"[rayft] warning: {note}", file=sys.stderr)
     need = cfg.scaling.num_workers * cfg.train.batch_size
     if len(train_rows) < need:
         raise DataError(f"{len(train_rows)} training rows after the split; need at least "
