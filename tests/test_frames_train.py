@@ -196,6 +196,14 @@ def test_discover_triggers_and_image_rejects(tmp_path):
     assert x.shape == (5, 3, 32, 32) and float(x.min()) >= -1 and float(x.max()) <= 1 and len(caps) == 5
     assert len(rejects) == 1 and rejects[0][0] == "ep02__0000.png" and "\n" not in rejects[0][1]
     assert detect_trigger(["char007, red", "char007, blue", "other"]) == "char007"
+    from PIL import Image  # an RGBA crop (frames segment output): hidden pixels become white
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[8:24, 8:24, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "crop.png")
+    (tmp_path / "crop.txt").write_text("c")
+    x, _, _ = load_images([(str(tmp_path / "crop.png"), str(tmp_path / "crop.txt"))], 32, 50_000_000)
+    assert x[0, :, 0, 0].tolist() == [1.0, 1.0, 1.0] and x[0, 1, 16, 16] == -1.0
     from rayft.config import ConfigError
     with pytest.raises(ConfigError, match="multiple of 8"):
         from_dict(FramesConfig, {"train": {"resolution": 36}})

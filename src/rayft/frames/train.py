@@ -112,7 +112,13 @@ def load_images(pairs, resolution: int, max_pixels: int):
             with Image.open(img_path) as im:
                 if im.width * im.height > max_pixels:
                     raise ValueError(f"{im.width}x{im.height} exceeds train.max_image_pixels")
-                im = ImageOps.exif_transpose(im).convert("RGB")
+                im = ImageOps.exif_transpose(im)
+                if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                    # RGBA crops from `rayft frames segment`: the character on white, not the
+                    # background pixels its alpha hid
+                    rgba = im.convert("RGBA")
+                    im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+                im = im.convert("RGB")
                 im = ImageOps.fit(im, (resolution, resolution), Image.Resampling.BICUBIC)
                 arr = np.asarray(im, dtype=np.float32)
             caption = Path(cap_path).read_text(encoding="utf-8").strip()
