@@ -35,16 +35,18 @@ import types
 import typing
 import warnings
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, ValidationInfo, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, TypeAdapter, ValidationError, ValidationInfo, model_validator
+from pydantic_core import PydanticCustomError
 
 T = TypeVar("T")
 
 __all__ = ["ConfigError", "StageRefused", "Section", "opt", "section", "complete", "load", "from_dict",
            "to_dict", "read_yaml", "parse_overrides", "parse_value", "deep_merge", "describe", "help_text",
-           "mask_secrets", "is_secret_name", "field_type", "coerce", "leaves", "check_keys", "format_error"]
+           "mask_secrets", "is_secret_name", "field_type", "coerce", "leaves", "check_keys", "format_error",
+           "LocalPath", "FsPath", "check_location", "uri_scheme", "PYARROW_SCHEMES"]
 
 
 
@@ -140,6 +142,56 @@ def complete(info: ValidationInfo) -> bool:
     """True when a whole stage config is being loaded (``load``/``from_dict``), so "X is
     required" rules apply; False for ``TrainConfig()`` defaults and attribute assignments."""
     return bool(info.context and info.context.get("complete"))
+
+
+# --------------------------------------------------------------------------------------
+# locations: local paths, and pyarrow.fs URIs where a stage supports them
+
+_URI = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+#: schemes ``pyarrow.fs.FileSystem.from_uri`` builds a filesystem for
+PYARROW_SCHEMES = frozenset({"file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"})
+_OBJECT_STORES = frozenset({"s3", "gs", "gcs", "abfs", "abfss", "az", "azure", "oss", "r2", "minio"})
+
+
+def uri_scheme(value: str) -> str | None:
+    """The scheme of ``scheme://...`` (lower case), None for a plain path (``C:\\x`` included)."""
+    m = _URI.match(value) if isinstance(value, str) else None
+    return m.group(1).lower() if m else None
+
+
+def _shown(value: str) -> str:
+    """A URI as it may appear in an error: no user:password@, no ?query (keys travel there)."""
+    scheme, _, rest = value.partition("://")
+    rest, q, _ = rest.partition("?")
+    host, slash, path = rest.partition("/")
+    host = host.rpartition("@")[2]
+    return f"{scheme}://{host}{slash}{path}" + ("?..." if q else "")
+
+
+def check_location(value: str, allowed: frozenset[str] = frozenset()) -> str:
+    """``value`` unchanged when it is a plain path or a URI whose scheme is in ``allowed``;
+    otherwise a ``location`` error (one line, the config key is put in front by format_error).
+    Without this, ``run.dir=s3://bucket/runs`` made a local folder named ``s3:``."""
+    scheme = uri_scheme(value)
+    if scheme is None or scheme in allowed:
+        return value
+    shown = _shown(value)
+    if allowed:
+        msg = (f"{shown}: no filesystem for {scheme}:// here; use a local path or a pyarrow.fs URI "
+               f"({', '.join(s + '://' for s in sorted(allowed))})")
+    elif scheme == "file":
+        msg = f"{shown} is a file:// URI; this location takes a plain local path (drop the file://)"
+    else:
+        what = "an object-store URI" if scheme in _OBJECT_STORES else f"a {scheme}:// URI"
+        msg = (f"{shown} is {what}; rayft reads and writes local paths only here for now (object "
+               "storage is issue 16): give a local or mounted path")
+    raise PydanticCustomError("location", msg)
+
+
+#: a ``str`` field that must be a local path (refuses ``s3://...`` and any other ``scheme://``)
+LocalPath = Annotated[str, AfterValidator(check_location)]
+#: a ``str`` field that takes a local path or a ``pyarrow.fs`` URI (s3://, gs://, hdfs://, file://...)
+FsPath = Annotated[str, AfterValidator(lambda v: check_location(v, PYARROW_SCHEMES))]
 
 
 # --------------------------------------------------------------------------------------
@@ -305,6 +357,8 @@ def _one(err: dict, cls: type) -> tuple[str, str, bool]:
         got = inp.strip()  # command-line text as typed: `got 0`, `got inf`
     else:
         got = _short(inp)
+    if typ == "location":  # check_location: the message shows the URI without credentials
+        return dotted, err.get("msg", typ), True
     if typ == "extra_forbidden":
         return dotted, f"unknown config key '{dotted}'", False
     if typ == "missing":

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import ValidationInfo, model_validator
 
-from ..config import ConfigError, Section, complete, opt, section
+from ..config import ConfigError, LocalPath, Section, complete, opt, section
 from ..data.formats import FORMATS
 
 Action = Literal["drop", "mask", "off"]
@@ -41,7 +41,7 @@ class DataCfg(Section):
 
 
 class OutputCfg(Section):
-    dir: str = opt("", "output directory (curated Parquet, rejects/, report.json, _ledger/); required")
+    dir: LocalPath = opt("", "output directory (curated Parquet, rejects/, report.json, _ledger/); required")
     rows_per_file: int = opt(100_000, "at most this many rows per output Parquet file", ge=1)
 
 

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import ValidationInfo, model_validator
 
-from ..config import ConfigError, Section, complete, from_dict, opt, to_dict
+from ..config import ConfigError, LocalPath, Section, complete, from_dict, opt, to_dict
 from .formats import FORMATS, check_format, read_pairs
 from .tokenize import IGNORE, TRAIN_ON
 
@@ -35,7 +35,7 @@ class InspectConfig(Section):
         "last", "last | all_assistant: which assistant turns carry loss (as data.train_on)")
     system_prompt: str = opt("", "system message added to rows without their own (as data.system_prompt)")
     limit: int = opt(0, "tokenize at most this many kept rows (0: all); counts and rejects always cover every row", ge=0)
-    out: str = opt("runs/inspect", "directory for inspect.json and token_lengths.png")
+    out: LocalPath = opt("runs/inspect", "directory for inspect.json and token_lengths.png")
 
     @model_validator(mode="after")
     def _required(self, info: ValidationInfo):

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import ValidationInfo, model_validator
 
-from ..config import ConfigError, Section, complete, opt, section
+from ..config import ConfigError, FsPath, LocalPath, Section, complete, opt, section
 from ..data.formats import FORMATS
 from .gate import GateCfg
 
@@ -37,7 +37,7 @@ class EvalScore(Section):
 
 
 class EvalRegistry(Section):
-    uri: str = opt("", "registry root (local path or pyarrow URI). Empty: the champion is the base model "
+    uri: FsPath = opt("", "registry root (local path or pyarrow URI). Empty: the champion is the base model "
                    "and nothing is registered")
     name: str = opt("default", "model line in the registry (e.g. en, zh)")
     register: bool = opt(True, "register the candidate when the gate accepts it")
@@ -56,7 +56,7 @@ class EvalConfig(Section):
     candidate: str = opt("", "run directory written by `rayft train` (adapter/ or model/, tokenizer/, report.json)")
     champion: str = opt("", "what to beat: '' (registry champion, else the base model) | base | a registry "
                         "version id or alias")
-    output: str = opt("", "eval.json path (default: <candidate>/eval.json)")
+    output: LocalPath = opt("", "eval.json path (default: <candidate>/eval.json)")
     data: EvalData = section(EvalData, "validation and golden pairs")
     score: EvalScore = section(EvalScore, "metrics")
     gate: GateCfg = section(GateCfg, "promotion rules (defaults: the users' documented gate)")

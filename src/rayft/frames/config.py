@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from ..config import ConfigError, Section, opt, section
+from ..config import ConfigError, LocalPath, Section, opt, section
 from .segment_config import SegmentSection
 from .train_config import TrainSection
 
@@ -30,7 +30,7 @@ class ModelSection(Section):
 class EmbedSection(Section):
     input: str = opt("", "root directory of episode folders (each folder of jpg/png/webp frames "
                      "is one episode; nested folders are episodes named by their relative path)")
-    output: str = opt("", "output directory: embeddings/<episode>/part-*.parquet, _done/ markers, "
+    output: LocalPath = opt("", "output directory: embeddings/<episode>/part-*.parquet, _done/ markers, "
                       "report.json, rejects.jsonl, model.json")
     extensions: list[str] = opt(["jpg", "jpeg", "png", "webp"], "frame file extensions (case-insensitive)")
     batch_size: int = opt(64, "frames per embedding batch (per actor call)", ge=1)
@@ -60,7 +60,7 @@ class EmbedSection(Section):
 class ClusterSection(Section):
     input: str = opt("", "a directory of Parquet files with columns path, episode, embedding (the "
                      "embed output or embeddings made elsewhere); searched recursively")
-    output: str = opt("", "output directory: labels.parquet (path, episode, label), clusters.json")
+    output: LocalPath = opt("", "output directory: labels.parquet (path, episode, label), clusters.json")
     pca_dims: int = opt(32, "PCA output dimensions before HDBSCAN; 0 = no reduction", ge=0)
     whiten: bool = opt(True, "divide each principal component by its standard deviation")
     min_cluster_size: int = opt(25, "HDBSCAN min_cluster_size: the smallest group called a character", ge=2)
@@ -90,7 +90,7 @@ DEFAULT_TAGS = ["a person", "a man", "a woman", "a child", "an animal", "a robot
 
 class ExportSection(Section):
     input: str = opt("", "the cluster step's output directory (labels.parquet + clusters.json)")
-    output: str = opt("", "output directory: cluster_000/ ... (frames + .txt captions, "
+    output: LocalPath = opt("", "output directory: cluster_000/ ... (frames + .txt captions, "
                       "contact_sheet.png), clusters.json, overview.png")
     embeddings: str = opt("", "embeddings Parquet dir for caption tags; empty = the cluster "
                           "step's input recorded in its clusters.json")

@@ -5,12 +5,12 @@ On the command line ``input=`` and ``output=`` are short aliases for ``segment.i
 """
 from __future__ import annotations
 
-from ..config import Section, opt
+from ..config import LocalPath, Section, opt
 
 
 class SegmentSection(Section):
     input: str = opt("", "root directory of episode folders of frames (as for `rayft frames embed`)")
-    output: str = opt("", "output directory: <episode>/<frame>.png RGBA character crops, "
+    output: LocalPath = opt("", "output directory: <episode>/<frame>.png RGBA character crops, "
                       "no_foreground.jsonl, rejects.jsonl, segment_report.json")
     model: str = opt("", "path to an ONNX segmentation model (NCHW RGB [0,1] in, foreground probability "
                      "out), e.g. an anime-segmentation ISNet export downloaded once")

@@ -11,13 +11,13 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from ..config import ConfigError, Section, opt
+from ..config import ConfigError, LocalPath, Section, opt
 
 
 class TrainSection(Section):
     input: str = opt("", "a directory of cluster_XXX/ folders, each with images and same-name .txt "
                      "captions (what `rayft frames export` writes, or any folder of that shape)")
-    output: str = opt("", "models directory: <output>/cluster_XXX/ (final kohya .safetensors, step "
+    output: LocalPath = opt("", "models directory: <output>/cluster_XXX/ (final kohya .safetensors, step "
                       "checkpoints, adapter/, loss.png), lora_tests/, pipeline_results.json")
     model: str = opt("stable-diffusion-v1-5/stable-diffusion-v1-5",
                      "diffusers text-to-image pipeline: a local directory (model_index.json), a hub id, "
@@ -66,7 +66,7 @@ class TrainSection(Section):
                                   "and with the LoRA")
     sample_steps: int = opt(30, "denoising steps per test image", ge=0)
     guidance_scale: float = opt(7.5, "classifier-free guidance of the test images")
-    samples_dir: str = opt("", "where lora_tests/cluster_XXX/ go; empty = <output>/lora_tests")
+    samples_dir: LocalPath = opt("", "where lora_tests/cluster_XXX/ go; empty = <output>/lora_tests")
 
     @model_validator(mode="after")
     def _resolution(self):

@@ -11,13 +11,13 @@ import json
 import os
 from pathlib import Path
 
-from ..config import ConfigError, Section, opt
+from ..config import ConfigError, FsPath, Section, opt
 from .lineage import RegistryError, check_eval_report
 from .registry import Registry
 
 
 class RegistryConfig(Section):
-    uri: str = opt("runs/registry", "registry root: a local path or a pyarrow filesystem URI (s3://..., file://...)")
+    uri: FsPath = opt("runs/registry", "registry root: a local path or a pyarrow filesystem URI (s3://..., file://...)")
     name: str = opt("default", "model line inside the registry (e.g. default, en, zh)")
     version: str = opt("", "version id (v{unix_ts}_{hash4}) or alias (champion, previous); "
                        "show defaults to champion")

@@ -5,11 +5,11 @@ import ipaddress
 
 from pydantic import model_validator
 
-from ..config import ConfigError, Section, opt
+from ..config import ConfigError, FsPath, Section, opt
 
 
 class ServeConfig(Section):
-    registry: str = opt("runs/registry", "registry root (local path or pyarrow URI such as s3://bucket/registry)")
+    registry: FsPath = opt("runs/registry", "registry root (local path or pyarrow URI such as s3://bucket/registry)")
     models: list[str] = opt(["default"], "registry model lines to host, e.g. [en, zh]. A request's model is "
                             "a line (its champion), line:champion, line:previous, line:<version>, a bare "
                             "version id, or auto (route by the prompt's language)", min_length=1)

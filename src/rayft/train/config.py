@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import ValidationInfo, model_validator
 
-from ..config import ConfigError, Section, complete, opt, section
+from ..config import ConfigError, LocalPath, Section, complete, opt, section
 from ..data.formats import FORMATS
 from .guard import GuardCfg
 
@@ -14,7 +14,7 @@ DataFormat = Literal[("auto", *FORMATS)]  # type: ignore[valid-type]
 
 
 class RunSection(Section):
-    dir: str = opt("runs", "parent directory of run directories (local path)")
+    dir: LocalPath = opt("runs", "parent directory of run directories (local path)")
     name: str = opt("train", "run name; the run directory is run.dir/run.name. Rerunning the same "
                     "name resumes from its latest checkpoint instead of starting over")
     seed: int = opt(0, "seed for model init, data order, dropout and the train/val split")

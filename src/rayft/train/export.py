@@ -13,13 +13,13 @@ from pathlib import Path
 
 from pydantic import ValidationInfo, model_validator
 
-from ..config import ConfigError, Section, complete, opt
+from ..config import ConfigError, LocalPath, Section, complete, opt
 
 
 class ExportConfig(Section):
     run: str = opt("", "run directory written by `rayft train` (holds adapter/ or model/, state.json "
                    "in checkpoints/)")
-    output: str = opt("", "output model directory (default: <run>/merged)")
+    output: LocalPath = opt("", "output model directory (default: <run>/merged)")
     prompt: str = opt("", "optional: generate an answer to this prompt with the exported model")
     max_new_tokens: int = opt(32, "tokens to generate for the prompt", ge=1)
 

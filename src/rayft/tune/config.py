@@ -5,11 +5,11 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from ..config import ConfigError, Section, opt, section
+from ..config import ConfigError, LocalPath, Section, opt, section
 
 
 class SweepSection(Section):
-    dir: str = opt("sweeps", "parent directory of sweep directories (local path)")
+    dir: LocalPath = opt("sweeps", "parent directory of sweep directories (local path)")
     name: str = opt("sweep", "sweep name; the sweep directory is sweep.dir/sweep.name. Rerunning the same "
                     "name resumes an interrupted sweep (Tuner.restore) instead of starting over")
     overwrite: bool = opt(False, "delete an existing sweep directory of this name and start from scratch")

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from pydantic import ValidationInfo, model_validator
 
-from ..config import ConfigError, Section, complete, opt, section
+from ..config import ConfigError, LocalPath, Section, complete, opt, section
 from .policy import parse_window
 
 
 class WatchSection(Section):
     input: list[str] = opt([], "data to watch: directories (their .jsonl/.json/.parquet files, recursively) "
                            "and/or globs; alias input=")
-    dir: str = opt("runs/watch", "watch directory: state, status, dashboard, curated data, runs, registry; "
+    dir: LocalPath = opt("runs/watch", "watch directory: state, status, dashboard, curated data, runs, registry; "
                    "alias dir=")
     once: bool = opt(False, "run cycles until no new data is left, then exit 0 (alias once=); false: keep "
                      "watching")
