@@ -1,11 +1,38 @@
 #!/usr/bin/env bash
 # Stop the head started by start_local_head.sh, and only it (`ray stop` would kill every Ray
-# on the machine). Finds the processes by the head's temp dir.
+# on the machine). Kills the pids recorded in <head dir>/head.pids whose start time still
+# matches (a reused pid is left alone), plus the processes the head spawned since (its
+# workers), found by the session id it was started in while one of its own pids is alive.
 set -euo pipefail
 HEAD_DIR=${RAYFT_HEAD_DIR:-$PWD/.cache/ray_head}
-pids=$(pgrep -f -- "$HEAD_DIR/tmp" || true)
-[ -z "$pids" ] && { echo "no head running under $HEAD_DIR"; exit 0; }
-kill $pids 2>/dev/null || true
-sleep 3
-kill -9 $(pgrep -f -- "$HEAD_DIR/tmp" || true) 2>/dev/null || true
+PIDS="$HEAD_DIR/head.pids"
+[ -s "$PIDS" ] || { echo "no head started from $HEAD_DIR ($PIDS missing)"; exit 0; }
+starttime() { awk '{sub(/^.*\) /, ""); print $20}' "/proc/$1/stat" 2>/dev/null || true; }
+alive() {  # "pid starttime" lines on stdin -> the pids still alive with that start time
+  local pid st
+  while read -r pid st; do
+    if [ -n "$pid" ] && [ "$(starttime "$pid")" = "$st" ]; then echo "$pid"; fi
+  done
+  return 0
+}
+sid=$(awk '$1 == "sid" {print $2}' "$PIDS")
+mine=$(awk '$1 != "sid"' "$PIDS" | alive)
+snap=""
+if [ -n "$mine" ]; then
+  # A session id is not reused while a member lives, so its members are the head's processes.
+  for pid in $( { echo "$mine"; ps -e -o pid=,sid= | awk -v s="$sid" '$2 == s {print $1}'; } | sort -u); do
+    st=$(starttime "$pid")
+    if [ -n "$st" ]; then snap+="$pid $st"$'\n'; fi
+  done
+fi
+if [ -n "$snap" ]; then
+  kill -TERM $(echo -n "$snap" | alive) 2>/dev/null || true
+  for _ in $(seq 20); do
+    [ -z "$(echo -n "$snap" | alive)" ] && break
+    sleep 0.5
+  done
+  left=$(echo -n "$snap" | alive)
+  if [ -n "$left" ]; then kill -KILL $left 2>/dev/null || true; fi
+fi
+rm -f "$PIDS"
 echo "stopped head under $HEAD_DIR"

@@ -57,11 +57,25 @@ def head():
          f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={rt_agent}"],
         env=env, capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stdout + start.stderr
+    # the pids the script recorded: its own session's processes, alive now
+    recorded = [int(ln.split()[0]) for ln in Path(head_dir, "head.pids").read_text().splitlines()
+                if not ln.startswith("sid ")]
+    assert len(recorded) >= 3 and all(Path(f"/proc/{p}").exists() for p in recorded), recorded
+    # a bystander whose command line names the head dir (what the old `pgrep -f` matched)
+    bystander = subprocess.Popen(["bash", "-c", "sleep 600", f"{head_dir}/tmp"])
     try:
         yield env, f"http://127.0.0.1:{dash}"
     finally:
-        subprocess.run(["bash", str(REPO / "cluster/stop_local_head.sh")], env=env, timeout=60)
+        stop = subprocess.run(["bash", str(REPO / "cluster/stop_local_head.sh")], env=env, timeout=60,
+                              capture_output=True, text=True)
+        alive = [p for p in recorded if Path(f"/proc/{p}").exists() and
+                 Path(f"/proc/{p}/stat").read_text().split(") ")[1].split()[0] != "Z"]
+        survived = bystander.poll() is None
+        bystander.kill()
+        bystander.wait()
         shutil.rmtree(head_dir, ignore_errors=True)
+        assert stop.returncode == 0 and not alive, (stop.stdout + stop.stderr, alive)
+        assert survived, "stop_local_head.sh killed a process it did not start"
 
 
 def test_job_submit_runs_train(head, tmp_path):
