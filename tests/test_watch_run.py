@@ -205,6 +205,7 @@ def test_kill9_during_incremental_training_resumes_the_same_cycle(world, ray_ses
     vs = reg.versions()
     assert len({m["artifact_digest"] for m in vs}) == len(vs) == (2 if h["decision"] == "promote" else 1)
     assert reg.aliases()["champion"] == (h["version"] if h["decision"] == "promote" else v1)
+    assert len(list((d / "lines/en/runs").glob("*/checkpoints/step_*"))) == 2  # watch.keep_checkpoints per line
     ev = [a["event"] for a in read_jsonl(d / "alerts.jsonl")]
     assert ev.count("accepted") + ev.count("rejected") == 2
 
