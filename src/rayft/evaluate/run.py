@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
@@ -122,7 +121,7 @@ def run_eval(cfg: EvalConfig) -> str:
                       "artifact_digest": _candidate_digest(cfg.candidate)},
         "champion": champ_ref, "champion_version": champ_version, "champion_spec": champ,
         "data": {s: {"rows": t.num_rows, "hash": eval_data.digest(t)} for s, t in tables.items()},
-        "metrics": metrics, "gate": asdict(cfg.gate), **decision,
+        "metrics": metrics, "gate": to_dict(cfg.gate), **decision,
         "score": {"similarity": cfg.score.similarity if cfg.score.generate else None,
                   "embed_model": cfg.score.embed_model if cfg.score.similarity == "embedding" else None},
         "samples": [{"prompt": r["prompt"], "reference": r["response"], "candidate": r["candidate_text"],
