@@ -7,8 +7,8 @@ set -euo pipefail
 HEAD_DIR=${RAYFT_HEAD_DIR:-$PWD/.cache/ray_head}
 PIDS="$HEAD_DIR/head.pids"
 [ -s "$PIDS" ] || { echo "no head started from $HEAD_DIR ($PIDS missing)"; exit 0; }
-starttime() { awk '{sub(/^.*\) /, ""); print $20}' "/proc/$1/stat" 2>/dev/null || true; }
-alive() {  # "pid starttime" lines on stdin -> the pids still alive with that start time
+starttime() { awk '{sub(/^.*\) /, ""); if ($1 != "Z") print $20}' "/proc/$1/stat" 2>/dev/null || true; }
+alive() {  # "pid starttime" lines on stdin -> the pids still running (not zombies) with that start time
   local pid st
   while read -r pid st; do
     if [ -n "$pid" ] && [ "$(starttime "$pid")" = "$st" ]; then echo "$pid"; fi
@@ -32,7 +32,13 @@ if [ -n "$snap" ]; then
     sleep 0.5
   done
   left=$(echo -n "$snap" | alive)
-  if [ -n "$left" ]; then kill -KILL $left 2>/dev/null || true; fi
+  if [ -n "$left" ]; then
+    kill -KILL $left 2>/dev/null || true
+    for _ in $(seq 20); do  # SIGKILL is asynchronous: return once they are gone
+      [ -z "$(echo -n "$snap" | alive)" ] && break
+      sleep 0.5
+    done
+  fi
 fi
 rm -f "$PIDS"
 echo "stopped head under $HEAD_DIR"
