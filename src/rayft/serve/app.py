@@ -320,6 +320,7 @@ def build_app(cfg: ServeConfig):
     for line in cfg.models:
         try:
             reg = Registry(cfg.registry, line)
+            reg.require_exists()  # a mistyped path is not "no champion"
             champ = reg.aliases().get("champion")
             m = reg.get(champ) if champ else None
         except RegistryError as e:

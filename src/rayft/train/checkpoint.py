@@ -68,7 +68,20 @@ def save_training_state(directory: Path, opt, scheduler, state: dict) -> None:
 
 
 def read_state(directory: Path) -> dict:
-    return json.loads((Path(directory) / STATE).read_text())
+    """A checkpoint's state.json; a corrupt one is a one-line ConfigError naming the file."""
+    from ..config import ConfigError
+
+    path = Path(directory) / STATE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        msg = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"{path}: corrupt checkpoint state: expected a JSON object with 'step' ({msg}); "
+                          f"move {path.parent.name} aside to resume from the checkpoint before it") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ConfigError(f"{path}: corrupt checkpoint state: expected a JSON object with an integer 'step'; "
+                          f"move {path.parent.name} aside to resume from the checkpoint before it")
+    return state
 
 
 def load_training_state(directory: Path, opt, scheduler) -> dict:

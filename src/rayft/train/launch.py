@@ -51,8 +51,43 @@ def run_training(cfg: TrainConfig, prepared: Prepared | None = None, datasets: t
     start_step = open_run_dir(cfg, p)
     result = fit(cfg, p, datasets, callbacks, pl.checked, start_step)  # 3. fit
     if result.error:
-        raise RuntimeError(f"training failed: {result.error}") from result.error
+        raise training_failed(cfg, p, result.error, time.time() - t_start, start_step)
     return publish(cfg, p, pl.checked, time.time() - t_start, start_step)  # 4. publish
+
+
+class TrainingFailed(ConfigError):
+    """The TorchTrainer ended with an error (after scaling.max_failures restarts): one line on
+    the console, the whole story in report.json and the logs it names."""
+
+
+def training_failed(cfg: TrainConfig, p: Prepared, error: BaseException, wall: float,
+                    start_step: int) -> TrainingFailed:
+    """Write report.json (finished: false, the error, where the logs are) and return the
+    one-line error the CLI prints (exit 2) instead of Ray's multi-page traceback."""
+    from ..storage import atomic_write_json
+    from .checkpoint import latest_checkpoint_dir
+
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    cause = next((ln for ln in reversed(lines) if "Error" in ln.split(":")[0]), lines[0] if lines else "")
+    cause = (cause or type(error).__name__)[:300]
+    logs = _ray_logs_dir()
+    ck = latest_checkpoint_dir(p.run_dir)
+    atomic_write_json(p.run_dir / "report.json", {
+        "run_dir": str(p.run_dir), "finished": False, "failed": True, "error": cause,
+        "error_type": type(error).__name__, "logs": {"ray_session": logs, "metrics": str(p.run_dir / "metrics.jsonl")},
+        "last_checkpoint": str(ck) if ck else None, "resumed_from_step": start_step or None,
+        "wall_s": wall, "config": to_dict(cfg), "command": " ".join(sys.argv)})
+    return TrainingFailed(f"training failed: {cause} | last checkpoint: {ck or 'none'} (a rerun resumes "
+                          f"from it) | worker logs: {logs or 'the Ray session logs'} | report: "
+                          f"{p.run_dir / 'report.json'}")
+
+
+def _ray_logs_dir() -> str | None:
+    try:  # Ray has no public accessor for the session's log directory
+        from ray._private.worker import _global_node
+        return _global_node.get_logs_dir_path() if _global_node is not None else None
+    except Exception:
+        return None
 
 
 # ---- 1. plan ----------------------------------------------------------------------------------
