@@ -279,3 +279,24 @@ def test_cli_one_line_errors_for_missing_registry_and_corrupt_files(tmp_path, ru
     (reg_dir / "default" / "aliases.json").write_text('{"champion": "../../../etc"}')
     line = _one_line_error(*_cli("registry", "show", uri)[::2])
     assert "aliases.json" in line and "expected a version id" in line
+
+
+def test_serve_turns_remote_code_on_only_by_its_own_config(tmp_path, runs):
+    """A forged manifest cannot make `rayft serve` load its base with remote code; the serve
+    config's trust_remote_code is the one switch."""
+    from rayft.config import from_dict
+    from rayft.serve.app import build_app
+    from rayft.serve.config import ServeConfig
+
+    reg = Registry(str(tmp_path / "reg"))
+    m = reg.register(runs[1], _eval(runs[1]))
+    reg.promote(m["version"])
+    _forge(reg, m["version"], base_model={**m["base_model"], "trust_remote_code": True})
+
+    def base_flags(**over):
+        app = build_app(from_dict(ServeConfig, {"registry": str(tmp_path / "reg"), **over}))
+        servers = app._bound_deployment.init_args[1]
+        return [s._bound_deployment.init_args[0]["trust_remote_code"] for s in servers.values()]
+
+    assert base_flags() == [False]
+    assert base_flags(trust_remote_code=True) == [True]

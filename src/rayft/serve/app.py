@@ -327,7 +327,7 @@ def build_app(cfg: ServeConfig):
             raise ConfigError(f"registry: {e}") from None
         if m and m["kind"] == "lora":
             b = m["base_model"]
-            bases.setdefault(base_key(b), base_spec(b["name"], b.get("seed", 0), b.get("trust_remote_code", False)))
+            bases.setdefault(base_key(b), base_spec(b["name"], b.get("seed", 0), cfg.trust_remote_code))
         full = full or bool(m and m["kind"] == "full")
     if not bases and not full:
         raise ConfigError(f"no champion in any of {cfg.models} under {cfg.registry}: evaluate and promote a "

@@ -16,6 +16,8 @@ class ServeConfig(Section):
     languages: dict[str, str] = opt({}, "language -> model line for `auto`/alias requests, e.g. {en: en, "
                                     "zh: zh} (separate English and Chinese models)")
     default_model: str = opt("", "line used when language routing does not decide ('' = first of models)")
+    trust_remote_code: bool = opt(False, "run a base model's own Python code (transformers trust_remote_code). "
+                                  "Only this setting turns it on: a registry manifest never can")
     host: str = opt("127.0.0.1", "HTTP bind address; anything but loopback requires an API key")
     port: int = opt(8000, "HTTP port", ge=1, le=65535)
     app_name: str = opt("rayft", "Ray Serve application name")

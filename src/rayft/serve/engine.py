@@ -151,7 +151,9 @@ class Engine:
         """Attach a verified registry version (``local`` holds its artifacts)."""
         from ..models.spec import load_spec, manifest_spec
 
-        spec = manifest_spec(manifest, local, model_id)
+        # remote code only as the serve config's base spec allows it, never as the manifest says
+        spec = manifest_spec(manifest, local, model_id,
+                             trust_remote_code=bool(self.base_spec and self.base_spec["trust_remote_code"]))
         if manifest["kind"] == "full":
             model, tok = load_spec(spec)
             return Loaded(self, model_id, manifest, local, None, model, tok)
