@@ -12,9 +12,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..data.records import split_of
+from ..data.records import split_of, split_u
 from . import dedup as dd
 from .config import CurateConfig
+from .output import _safe as lang_dir
+
+#: a language with fewer validation rows than this is warned about (stderr + report.json split.warnings)
+WARN_VAL_ROWS = 10
 
 
 @dataclass
@@ -142,8 +146,16 @@ def embed_dedup(w: Working, rows: list[int], emb: np.ndarray, prior_emb: np.ndar
                             lambda where, k: f"embedding near duplicate of {where} (cosine {sim[k]:.3f})")
 
 
-def assign_splits(w: Working, cfg: CurateConfig) -> None:
-    """golden (golden files, or golden_fraction by hash) > val (val_fraction by hash) > train."""
+def assign_splits(w: Working, cfg: CurateConfig, prior_val: dict[str, int] | None = None) -> dict:
+    """golden (golden files, or golden_fraction by hash) > val (val_fraction by hash) > train.
+
+    Then, with ``val_fraction > 0``, each language is topped up to ``split.min_val_rows``
+    validation rows (``prior_val``: its val rows published by earlier runs, keyed by output
+    folder name, count too): the language's training rows of this run nearest to the
+    validation side of the hash split move to val, never more than half of this run's rows
+    of the language; deterministic, and a large language is untouched. Returns the
+    report's ``split`` entry: ``min_val_rows``, ``moved_to_val`` per language, and
+    ``warnings`` naming each language left under ``WARN_VAL_ROWS`` validation rows."""
     s = cfg.split
     hashes, golden = w.table["_hash"].to_pylist(), w.table["_golden"].to_pylist()
     w.split = [""] * len(hashes)
@@ -152,6 +164,33 @@ def assign_splits(w: Working, cfg: CurateConfig) -> None:
             w.split[i] = "golden"
         else:
             w.split[i] = split_of(hashes[i], s.val_fraction, s.salt)
+    info: dict = {"min_val_rows": s.min_val_rows, "moved_to_val": {}, "warnings": []}
+    if s.val_fraction <= 0:  # no validation set asked for
+        return info
+    langs = w.col("language")
+    by_lang: dict[str, list[int]] = {}
+    for i in w.alive():
+        if w.split[i] != "golden":
+            by_lang.setdefault(langs[i] or "", []).append(i)
+    prior_val = prior_val or {}
+    for lang in sorted(by_lang):
+        rows = by_lang[lang]
+        have_run = sum(w.split[i] == "val" for i in rows)
+        have = have_run + prior_val.get(lang_dir(lang), 0)
+        want = min(s.min_val_rows - have, len(rows) // 2 - have_run)
+        if want > 0:
+            train = sorted((i for i in rows if w.split[i] == "train"), key=lambda i: (split_u(hashes[i], s.salt), i))
+            for i in train[:want]:
+                w.split[i] = "val"
+            info["moved_to_val"][lang or "und"] = min(want, len(train))
+            have += min(want, len(train))
+        if have < WARN_VAL_ROWS:
+            n = len(rows)
+            info["warnings"].append(
+                f"language {lang or 'und'!r}: {have} validation rows ({n} non-golden rows this run); under "
+                f"{WARN_VAL_ROWS} its validation loss and the gate say little: add rows of this language, "
+                f"raise split.min_val_rows (at most half a run's rows move) or give train a data.val_path")
+    return info
 
 
 def kept_mask(table: pa.Table) -> pa.Array:

@@ -123,6 +123,11 @@ class SplitCfg(Section):
                                 "against train rows, so they never enter train")
     golden_fraction: float = opt(0.0, "fraction of rows held out as golden set (by content hash)", ge=0, lt=1)
     salt: str = opt("", "salt of the hash-based split assignment (change to reshuffle)")
+    min_val_rows: int = opt(10, "with val_fraction > 0: each language gets at least this many validation rows "
+                                "(counting earlier runs' val rows): its training rows nearest the validation "
+                                "side of the hash split move to val, at most half of a run's rows of that "
+                                "language; deterministic; a language left under 10 val rows is warned about "
+                                "(stderr, report.json split.warnings); 0: hash split only", ge=0)
 
     @model_validator(mode="after")
     def _fractions(self):

@@ -27,6 +27,14 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name) or "und"
 
 
+def prior_val_counts(out: Path) -> dict[str, int]:
+    """Validation rows earlier runs published, per language folder (``<lang>/val/*.parquet``)."""
+    counts: dict[str, int] = defaultdict(int)
+    for p in sorted(Path(out).glob("*/val/*.parquet")):
+        counts[p.parent.parent.name] += pq.ParquetFile(p).metadata.num_rows
+    return dict(counts)
+
+
 def write_splits(table: pa.Table, staging: Path, run_id: str, rows_per_file: int) -> dict[str, dict[str, int]]:
     """Kept rows -> ``<lang>/<split>/part-<run>-<k>.parquet`` (PAIRS_SCHEMA). Returns counts."""
     kept = table.filter(pc.equal(table["_filter"], ""))

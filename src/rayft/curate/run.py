@@ -15,6 +15,7 @@ Pipeline (the only module of the stage that touches Ray):
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -141,7 +142,7 @@ def run_curate(cfg: CurateConfig) -> str:
                 assemble.embed_dedup(w, rows, emb_all, led.accepted_embeddings(cfg.embed.model), prior, cfg)
                 keep = [k for k, i in enumerate(rows) if not w.filt[i]]
                 emb = emb_all[keep]
-            assemble.assign_splits(w, cfg)
+            split_info = assemble.assign_splits(w, cfg, output.prior_val_counts(out))
             conflicts = assemble.golden_conflicts(w, prior)
             final = w.finish()
         finally:
@@ -164,6 +165,7 @@ def run_curate(cfg: CurateConfig) -> str:
         timing["rows_per_s"] = round(final.num_rows / max(timing["total_s"], 1e-9), 1)
         report = output.build_report(final, cfg, run_id, files=files, skipped=skipped, splits=splits, timing=timing)
         report["golden"]["duplicates_of_earlier_train_rows"] = conflicts
+        report["split"] = split_info
         output.write_report(stage, run_id, report)
         led.publish(run_id)
         led.commit(run_id, files, {"rows_in": report["rows_in"], "rows_kept": report["rows_kept"],
@@ -174,6 +176,11 @@ def run_curate(cfg: CurateConfig) -> str:
     bad = [u["path"] for u in report["files"]["unreadable"]]
     if bad:
         msg += f"; {len(bad)} unreadable file(s) skipped: " + ", ".join(bad)
+    for note in split_info["warnings"]:
+        print(f"[rayft] warning: {note}", file=sys.stderr)
+    if split_info["warnings"]:
+        msg += f"; WARNING: {len(split_info['warnings'])} language(s) under {assemble.WARN_VAL_ROWS} validation rows " \
+               "(report.json split.warnings)"
     if conflicts["count"]:
         msg += (f"; WARNING: {conflicts['count']} golden row(s) duplicate rows earlier runs accepted into train/val "
                 f"and were left out of golden (report.json golden); curate into a new output dir to rebuild train "
