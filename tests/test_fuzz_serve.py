@@ -177,7 +177,9 @@ def fuzz_app(ray_session, tmp_path_factory):
         "api_docs=true", "app_name=rayft_fuzz"])
     url = start(cfg)
     yield url
-    serve.delete("rayft_fuzz")
+    # shut Serve down, not only the app: a later module's serve.start on another port would
+    # otherwise find Serve running with this module's HTTP options (its port never listens)
+    serve.shutdown()
 
 
 def _check_http(r: requests.Response) -> None:
