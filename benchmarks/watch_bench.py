@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -35,11 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "src/rayft/assets/samples/subtitle_pairs.jsonl"
 PY = sys.executable
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(args: list[str], env: dict, log: Path) -> tuple[float, int, float]:
@@ -135,12 +129,13 @@ def main() -> int:
     from rayft.registry import Registry
     from rayft.serve.config import ServeConfig
     from rayft.serve.run import start
+    from rayft.testing.net import free_port
     import requests
 
     reg = Registry(str(wd / "registry"), "en")
     v1 = reg.aliases()["champion"]
     url = start(load(ServeConfig, REPO / "configs/serve.yaml", [
-        f"registry={wd / 'registry'}", "models=[en]", f"port={_free_port()}", "blocking=false",
+        f"registry={wd / 'registry'}", "models=[en]", f"port={free_port()}", "blocking=false",
         "alias_refresh_s=0.2", "max_tokens_default=4", "api_key_env=RAYFT_WATCH_BENCH_NO_KEY"]))
 
     def served() -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 
 import pytest
 import requests
@@ -19,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rayft.serve import openai_api as oa
+from rayft.testing.net import free_port
 
 pytestmark = pytest.mark.timeout(300)
 LIMIT = 8
@@ -150,11 +150,6 @@ def test_fuzz_router_model_ids(empty_router, model, text):
 
 
 # -- over HTTP ---------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def fuzz_app(ray_session, tmp_path_factory):
@@ -172,7 +167,7 @@ def fuzz_app(ray_session, tmp_path_factory):
           "metrics": {"candidate": {"golden": {"loss": 1.0}}}}
     en.promote(en.register(make_run(d / "en1", noise=0.5, lora_seed=1), ev)["version"])
     cfg = load(ServeConfig, os.path.join(os.path.dirname(__file__), "..", "configs", "serve.yaml"), [
-        f"registry={d / 'reg'}", "models=[en]", f"port={_free_port()}", "api_key_env=RAYFT_FUZZ_NO_KEY",
+        f"registry={d / 'reg'}", "models=[en]", f"port={free_port()}", "api_key_env=RAYFT_FUZZ_NO_KEY",
         "num_cpus=0.5", "blocking=false", "max_tokens_default=2", f"max_tokens_limit={LIMIT}",
         "api_docs=true", "app_name=rayft_fuzz"])
     url = start(cfg)

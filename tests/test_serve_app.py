@@ -20,6 +20,7 @@ import requests
 from rayft.config import load
 from rayft.testing.runs import make_run
 from rayft.registry import Registry
+from rayft.testing.net import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 openai = pytest.importorskip("openai")
@@ -32,11 +33,6 @@ def _ev(champion=None):
     return {"decision": "promote", "champion_version": champion, "gate": {"golden_metric": "loss"},
             "metrics": {"candidate": {"golden": {"loss": 1.0}}}}
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +60,7 @@ def served(ray_session, tmp_path_factory):
     w.write_bytes(w.read_bytes()[:-1] + b"\x00")  # tampered after registration
     os.environ["RAYFT_TEST_API_KEY_6"] = KEY
     cfg = load(ServeConfig, os.path.join(os.path.dirname(__file__), "..", "configs", "serve.yaml"), [
-        f"registry={d / 'reg'}", "models=[en, zh, kx]", "languages={en: en, zh: zh}", f"port={_free_port()}",
+        f"registry={d / 'reg'}", "models=[en, zh, kx]", "languages={en: en, zh: zh}", f"port={free_port()}",
         "api_key_env=RAYFT_TEST_API_KEY_6", "num_cpus=0.5", "load_retry_s=1.0",
         "blocking=false", "max_tokens_default=8", "alias_refresh_s=0.2", "app_name=rayft_test6"])
     url = start(cfg)

@@ -14,14 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from rayft.testing.net import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra) -> dict:
@@ -71,7 +68,7 @@ def test_documented_job_command_passes_the_api_key(tmp_path):
     reg = tmp_path / "empty-registry"
     reg.mkdir()
     # host=0.0.0.0 needs a key: the job fails on the empty registry (key seen) or on the bind check (not seen)
-    over = (f"registry={reg}", "host=0.0.0.0", f"port={_free_port()}")
+    over = (f"registry={reg}", "host=0.0.0.0", f"port={free_port()}")
     client = _env(RAYFT_API_KEY="documented-secret-17")
     for cmd in by_env:
         argv, env_vars = _job_process(cmd, client)
