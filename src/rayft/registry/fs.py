@@ -7,6 +7,13 @@ the URI (credentials from the environment, as pyarrow does).
 Atomicity: ``write_atomic`` writes a temp file and renames it on local disks; on object
 stores a single PUT is already atomic (readers see the old or the new object, never a
 torn one), so it writes the key directly.
+
+Concurrent writers: local registries serialize them with ``flock``. S3 has no lock and no
+rename, so on ``s3://`` the registry uses S3 conditional writes (``read_tagged`` /
+``write_if``): ``If-None-Match: *`` creates an object only if it does not exist (version
+claims and manifests), ``If-Match: <etag>`` replaces the alias file only if nobody changed it
+since it was read (compare-and-swap). pyarrow.fs cannot send those headers, so these two
+calls go through boto3 (the ``s3`` extra), configured from the same URI and environment.
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ import hashlib
 import os
 import uuid
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pyarrow.fs as pafs
 
@@ -31,6 +39,9 @@ class Store:
         self.uri = uri
         self.root = root.rstrip("/")
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        #: conditional writes available (S3): see ``read_tagged`` / ``write_if``
+        self.cas = isinstance(self.fs, getattr(pafs, "S3FileSystem", ()))
+        self._s3 = None
 
     def path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
@@ -126,6 +137,84 @@ class Store:
             while chunk := f.read(CHUNK):
                 h.update(chunk)
         return h.hexdigest()
+
+
+    # -- conditional writes (S3) ---------------------------------------------------------
+    def _client(self):
+        if self._s3 is None:
+            self._s3 = s3_client(self.uri)
+        return self._s3
+
+    def _bucket_key(self, rel: str) -> tuple[str, str]:
+        bucket, _, key = self.path(rel).partition("/")
+        return bucket, key
+
+    def read_tagged(self, rel: str) -> tuple[bytes | None, str | None]:
+        """(content, ETag) of ``rel`` from ONE GET, so a later ``write_if`` compares against
+        exactly what was read; (None, None) when it does not exist."""
+        from botocore.exceptions import ClientError
+        bucket, key = self._bucket_key(rel)
+        try:
+            r = self._client().get_object(Bucket=bucket, Key=key)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None, None
+            raise OSError(f"{self.path(rel)}: {_s3_error(e)}") from None
+        return r["Body"].read(), r["ETag"]
+
+    def write_if(self, rel: str, data: bytes, etag: str | None) -> bool:
+        """PUT ``rel`` only if it is unchanged since it was read with ``etag`` (``If-Match``),
+        or, with ``etag=None``, only if it does not exist (``If-None-Match: *``). False when
+        another writer got there first (HTTP 412, or 409 for a conflicting concurrent PUT)."""
+        from botocore.exceptions import ClientError
+        bucket, key = self._bucket_key(rel)
+        cond = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        try:
+            self._client().put_object(Bucket=bucket, Key=key, Body=data, **cond)
+        except ClientError as e:
+            err = e.response.get("Error", {})
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if err.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                return False
+            raise OSError(f"{self.path(rel)}: {_s3_error(e)}") from None
+        return True
+
+
+def _s3_error(e) -> str:
+    err = e.response.get("Error", {})
+    return f"{err.get('Code', 'error')}: {err.get('Message', '')}".strip()
+
+
+def s3_client(uri: str):
+    """A boto3 S3 client for ``uri`` (``s3://[key:secret@]bucket/prefix?endpoint_override=...&
+    scheme=http&region=...``, pyarrow's spelling), the rest from the usual AWS environment
+    (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, profiles)."""
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        from .lineage import RegistryError
+        raise RegistryError("an s3:// registry needs boto3 for its conditional (compare-and-swap) alias "
+                            "writes: pip install 'rayft[s3]'") from None
+    u = urlsplit(uri)
+    q = {k: v[-1] for k, v in parse_qs(u.query).items()}
+    kw: dict = {}
+    ep = q.get("endpoint_override")
+    if ep:
+        kw["endpoint_url"] = ep if "://" in ep else f"{q.get('scheme', 'https')}://{ep}"
+    if q.get("region"):
+        kw["region_name"] = q["region"]
+    user = q.get("access_key") or (u.username and _unq(u.username))
+    secret = q.get("secret_key") or (u.password and _unq(u.password))
+    if user and secret:
+        kw.update(aws_access_key_id=user, aws_secret_access_key=secret,
+                  aws_session_token=q.get("session_token") or None)
+    return boto3.client("s3", config=Config(retries={"max_attempts": 3, "mode": "standard"}), **kw)
+
+
+def _unq(s: str) -> str:
+    from urllib.parse import unquote
+    return unquote(s)
 
 
 def sha256_file(path: Path) -> str:

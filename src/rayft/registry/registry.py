@@ -15,12 +15,24 @@ Versions are immutable. ``champion`` is what serving hosts; ``previous`` is what
 ``rollback`` returns to. ``history`` is the sequence of champions, so repeated rollbacks
 walk back through it. Every operation that moves an alias first re-hashes the target's
 artifacts; a mismatch raises ``IntegrityError`` and leaves the aliases untouched.
+
+Concurrent writers. Local disks: one writer at a time (``flock`` on ``<name>/.lock``).
+S3 (``s3://``, no lock, no rename): every alias move is a compare-and-swap on
+``aliases.json`` (read it with its ETag, PUT with ``If-Match``; the first write uses
+``If-None-Match: *``); a writer that loses re-reads the aliases, re-checks (a non-forced
+promote whose gate was made against a champion that just changed is refused) and tries
+again. So concurrent promotes/rollbacks are applied one after another: none is lost, and
+``previous``/``history`` always name the champion each one actually replaced. A new version
+first claims its directory with a create-only ``.claim`` object (a clash picks another id)
+and its manifest is written create-only, so two registrations never share a version.
+Other object stores (gs://, hdfs://...): last writer wins on ``aliases.json``.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import random
 import re
 import sys
 import time
@@ -38,6 +50,8 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 TMP_PREFIX = ".tmp-"
 #: Object stores have no lock: only incomplete uploads older than this are collected.
 REMOTE_GC_AGE_S = 3600
+#: S3 compare-and-swap on aliases.json: attempts before giving up (other writers kept winning)
+CAS_ATTEMPTS = 50
 
 
 def unsafe_rel(rel) -> str | None:
@@ -129,6 +143,7 @@ class Registry:
             raise RegistryError(f"registry name {name!r}: use letters, digits, '_', '.', '-'")
         self.store = Store(uri)
         self.uri, self.name = uri, name
+        self.cas_conflicts = 0  # S3: alias writes that lost a race and were retried (see _move_aliases)
         from ..models.load import cache_dir as rayft_cache
         self.cache = Path(cache_dir) if cache_dir else rayft_cache() / "registry"
 
@@ -159,8 +174,26 @@ class Registry:
         rel = f"{self.name}/aliases.json"
         if not self.store.exists(rel):
             return {"champion": None, "previous": None, "history": []}
-        a = self._read_json(rel, "aliases file")
-        where = self.store.path(rel)
+        return self._check_aliases(self._read_json(rel, "aliases file"))
+
+    def _aliases_tagged(self) -> tuple[dict, str | None]:
+        """(aliases, ETag) from one read, for a compare-and-swap (S3); ETag None: no file yet.
+        Other stores: (aliases(), None)."""
+        if not self.store.cas:
+            return self.aliases(), None
+        rel = f"{self.name}/aliases.json"
+        data, tag = self.store.read_tagged(rel)
+        if data is None:
+            return {"champion": None, "previous": None, "history": []}, None
+        try:
+            a = json.loads(data)
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise RegistryError(f"{self.store.path(rel)}: corrupt aliases file: expected JSON "
+                                f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        return self._check_aliases(a), tag
+
+    def _check_aliases(self, a) -> dict:
+        where = self.store.path(f"{self.name}/aliases.json")
         if not isinstance(a, dict):
             raise RegistryError(f"{where}: corrupt aliases file: expected a JSON object")
         for k in ALIASES:
@@ -280,7 +313,8 @@ class Registry:
     # -- writing -------------------------------------------------------------------------
     @contextlib.contextmanager
     def _lock(self):
-        """Serialize writers on local disks (flock). Object stores: last writer wins."""
+        """Serialize writers on local disks (flock). S3: conditional writes instead (see the
+        module docstring); other object stores: last writer wins."""
         if not self.store.local:
             yield
             return
@@ -301,6 +335,28 @@ class Registry:
 
     def _write_aliases(self, a: dict) -> None:
         self.store.write_atomic(f"{self.name}/aliases.json", json.dumps(a, indent=2).encode())
+
+    def _move_aliases(self, change) -> tuple[dict, dict]:
+        """Apply ``change(current aliases) -> new aliases | None`` (None: nothing to do) and
+        return (old, new). Local: under the writer lock, one atomic write. S3: a compare-and-
+        swap loop (``If-Match`` on the ETag read), ``change`` re-run on the fresh aliases after
+        each lost race, so its checks always hold for the state it replaces."""
+        rel = f"{self.name}/aliases.json"
+        for attempt in range(CAS_ATTEMPTS):
+            a, tag = self._aliases_tagged()
+            new = change(a)
+            if new is None:
+                return a, a
+            if not self.store.cas:
+                self._write_aliases(new)
+                return a, new
+            _pause_hook("RAYFT_REGISTRY_PAUSE_BEFORE_ALIAS_WRITE", "aliases read")
+            if self.store.write_if(rel, json.dumps(new, indent=2).encode(), tag):
+                return a, new
+            self.cas_conflicts += 1
+            time.sleep(random.uniform(0.02, 0.1) * min(attempt + 1, 10))
+        raise RegistryError(f"registry {self.name!r}: aliases.json changed under {CAS_ATTEMPTS} attempts in a row "
+                            "(other writers are promoting); nothing was changed, retry")
 
     def gc(self) -> list[str]:
         """Remove what killed writers left: temp upload dirs and version dirs without a
@@ -342,8 +398,8 @@ class Registry:
         with self._lock():
             self.gc()
             existing = self.versions()
-            m = build_manifest(run_dir, files, eval_report, parent, self.name,
-                               taken={x["version"] for x in existing})
+            taken = {x["version"] for x in existing}
+            m = build_manifest(run_dir, files, eval_report, parent, self.name, taken=taken)
             bound = ((eval_report or {}).get("candidate") or {}).get("artifact_digest")
             if bound is not None and bound != m["artifact_digest"]:
                 raise RegistryError(f"eval.json was made for artifacts {str(bound)[:12]}..., but {run_dir} holds "
@@ -352,6 +408,12 @@ class Registry:
                 if (old["artifact_digest"] == m["artifact_digest"]
                         and old.get("eval_digest") == m.get("eval_digest")):
                     return old
+            while self.store.cas and not self.store.write_if(f"{self._vdir(m['version'])}/.claim",
+                                                             uuid.uuid4().hex.encode(), None):
+                taken.add(m["version"])  # another writer holds this id: take the next one
+                if len(taken) > len(existing) + 100:
+                    raise RegistryError(f"registry {self.name!r}: could not claim a version id (S3)")
+                m = build_manifest(run_dir, files, eval_report, parent, self.name, taken=taken)
             vdir = self._vdir(m["version"])
             work = (f"{self.name}/versions/{TMP_PREFIX}{int(time.time())}-{m['version']}-{uuid.uuid4().hex[:8]}"
                     if self.store.local else vdir)
@@ -365,8 +427,11 @@ class Registry:
                     self.store.fsync_tree(work)
                     os.replace(self.store.path(work), self.store.path(vdir))
                     self.store.fsync_dir(f"{self.name}/versions")
-                self.store.write_atomic(f"{vdir}/manifest.json",
-                                        json.dumps(m, indent=2, ensure_ascii=False, default=str).encode())
+                manifest = json.dumps(m, indent=2, ensure_ascii=False, default=str).encode()
+                if not self.store.cas:
+                    self.store.write_atomic(f"{vdir}/manifest.json", manifest)
+                elif not self.store.write_if(f"{vdir}/manifest.json", manifest, None):  # create-only
+                    raise RegistryError(f"{self.store.path(vdir)}: manifest already exists (claimed by this writer)")
             except BaseException:
                 self.store.delete_dir(work)
                 if work != vdir and not self.store.exists(f"{vdir}/manifest.json"):
@@ -384,23 +449,28 @@ class Registry:
         self.require_exists()
         with self._lock():
             m = self.verify(ref)
-            a = self.aliases()
             v = m["version"]
-            if a.get("champion") == v:
+
+            def change(a: dict) -> dict | None:
+                if a.get("champion") == v:
+                    return None
+                if not force:
+                    ev = m.get("eval") or {}
+                    if ev.get("decision") != "promote":
+                        why = "; ".join(r for r in ev.get("reasons", []) if r.startswith("FAIL")) or "no evaluation"
+                        raise RegistryError(f"{self.name}/{v} did not pass the gate ({why}); run `rayft eval` "
+                                            "or pass force=true")
+                    if ev.get("champion_version") != a.get("champion"):
+                        raise RegistryError(f"{self.name}/{v} was evaluated against "
+                                            f"{ev.get('champion_version') or 'the base model'}, but the champion is "
+                                            f"now {a.get('champion') or 'unset'}; re-run `rayft eval` or pass "
+                                            "force=true")
+                return {"champion": v, "previous": a.get("champion"),
+                        "history": [*a.get("history", []), v], "updated": time.time()}
+
+            a, new = self._move_aliases(change)
+            if new is a:
                 return a
-            if not force:
-                ev = m.get("eval") or {}
-                if ev.get("decision") != "promote":
-                    why = "; ".join(r for r in ev.get("reasons", []) if r.startswith("FAIL")) or "no evaluation"
-                    raise RegistryError(f"{self.name}/{v} did not pass the gate ({why}); run `rayft eval` "
-                                        "or pass force=true")
-                if ev.get("champion_version") != a.get("champion"):
-                    raise RegistryError(f"{self.name}/{v} was evaluated against "
-                                        f"{ev.get('champion_version') or 'the base model'}, but the champion is "
-                                        f"now {a.get('champion') or 'unset'}; re-run `rayft eval` or pass force=true")
-            new = {"champion": v, "previous": a.get("champion"),
-                   "history": [*a.get("history", []), v], "updated": time.time()}
-            self._write_aliases(new)
             self._event("promote", version=v, previous=a.get("champion"), forced=force)
         return new
 
@@ -408,22 +478,23 @@ class Registry:
         """champion <- previous; previous <- the champion before that. Returns the new aliases."""
         self.require_exists()
         with self._lock():
-            a = self.aliases()
-            prev = a.get("previous")
-            if not prev:
-                raise RegistryError(f"registry {self.name!r}: no previous champion to roll back to")
-            self.verify(prev)
-            hist = list(a.get("history", []))
-            if hist and hist[-1] == a.get("champion"):
-                hist.pop()
-            if not hist or hist[-1] != prev:
-                hist.append(prev)
-            alive = {m["version"] for m in self.versions()}
-            earlier = [h for h in hist[:-1] if h in alive and h != prev]
-            new = {"champion": prev, "previous": earlier[-1] if earlier else None, "history": hist,
-                   "updated": time.time()}
-            self._write_aliases(new)
-            self._event("rollback", version=prev, replaced=a.get("champion"))
+            def change(a: dict) -> dict:
+                prev = a.get("previous")
+                if not prev:
+                    raise RegistryError(f"registry {self.name!r}: no previous champion to roll back to")
+                self.verify(prev)
+                hist = list(a.get("history", []))
+                if hist and hist[-1] == a.get("champion"):
+                    hist.pop()
+                if not hist or hist[-1] != prev:
+                    hist.append(prev)
+                alive = {m["version"] for m in self.versions()}
+                earlier = [h for h in hist[:-1] if h in alive and h != prev]
+                return {"champion": prev, "previous": earlier[-1] if earlier else None, "history": hist,
+                        "updated": time.time()}
+
+            a, new = self._move_aliases(change)
+            self._event("rollback", version=new["champion"], replaced=a.get("champion"))
         return new
 
     def cleanup(self, keep_best: int) -> list[str]:
@@ -458,10 +529,11 @@ class Registry:
         return doomed
 
 
-def _pause_hook() -> None:
-    """Test hook: ``RAYFT_REGISTRY_PAUSE_AFTER_UPLOAD=<s>`` sleeps after each artifact upload
-    (the kill -9 test kills ``rayft registry add`` there)."""
-    pause = float(os.environ.get("RAYFT_REGISTRY_PAUSE_AFTER_UPLOAD", "0") or 0)
+def _pause_hook(var: str = "RAYFT_REGISTRY_PAUSE_AFTER_UPLOAD", what: str = "artifact uploaded") -> None:
+    """Test hooks: ``RAYFT_REGISTRY_PAUSE_AFTER_UPLOAD=<s>`` sleeps after each artifact upload
+    (the kill -9 test kills ``rayft registry add`` there); ``RAYFT_REGISTRY_PAUSE_BEFORE_ALIAS_WRITE``
+    between reading and conditionally writing aliases.json on S3 (widens the race window)."""
+    pause = float(os.environ.get(var, "0") or 0)
     if pause:
-        print("RAYFT_REGISTRY_PAUSE_AFTER_UPLOAD: artifact uploaded", file=sys.stderr, flush=True)
+        print(f"{var}: {what}", file=sys.stderr, flush=True)
         time.sleep(pause)
