@@ -30,6 +30,11 @@ class ServeConfig(Section):
     num_cpus: float = opt(1.0, "CPUs per model replica (fractional allowed)", gt=0)
     torch_threads: int = opt(0, "torch threads per model replica (0: from num_cpus)", ge=0)
     max_ongoing_requests: int = opt(32, "concurrent requests per replica before Serve queues them", ge=1)
+    max_batch_size: int = opt(8, "most concurrent requests a model replica generates in one batch (one "
+                              "forward pass per token for all of them; 1 = no batching)", ge=1)
+    batch_wait_timeout_s: float = opt(0.0, "how long a replica waits for more requests to fill a batch; "
+                                      "requests that arrive while a batch runs join the next one anyway, so 0 "
+                                      "batches under load without delaying a lone request", ge=0, le=10)
     alias_refresh_s: float = opt(1.0, "how often the gateway re-reads the registry aliases (hot swap delay)", gt=0)
     max_tokens_default: int = opt(64, "max_tokens when a request does not set it", ge=1)
     max_tokens_limit: int = opt(512, "largest max_tokens a request may ask for", ge=1)
@@ -51,6 +56,9 @@ class ServeConfig(Section):
         bad = {k: v for k, v in self.languages.items() if v not in self.models}
         if bad:
             raise ConfigError(f"languages: {bad} route to lines not in models {self.models}")
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ConfigError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
+                              f"({self.max_batch_size}): a replica never sees more requests at once")
         if self.max_tokens_limit < self.max_tokens_default:
             raise ConfigError(f"max_tokens_limit ({self.max_tokens_limit}) must be >= max_tokens_default "
                               f"({self.max_tokens_default})")

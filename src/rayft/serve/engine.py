@@ -118,6 +118,8 @@ class Engine:
         self._mu = threading.Lock()
         self._unload: collections.deque[str] = collections.deque()
         self._ids = itertools.count()
+        self.stats = collections.Counter()  # requests, generated_tokens, cancelled, batches, max_batch
+        self.recent: collections.deque[dict] = collections.deque(maxlen=64)  # last finished requests
         self.peft = None
         self.tok = load_tokenizer_for(base) if base else None
         self.base = load_base(base, self.tok) if base else None
@@ -198,10 +200,10 @@ class Engine:
             limits.append(ctx - max_tokens)
         return min(limits) if limits else 1 << 62
 
-    def generate(self, h: Loaded, req: dict) -> dict:
-        """{"text", "finish_reason", "prompt_tokens", "completion_tokens"} for one request."""
-        import torch
-
+    def prepare(self, h: Loaded, req: dict, on_event=None, cancel: threading.Event | None = None) -> Job:
+        """Validate and tokenize one request (EngineError before any generation). ``on_event``
+        (streaming, see ``Job``) is called from the generating thread; setting ``cancel``
+        stops this request's generation at the next token (the others in its batch go on)."""
         tok = h.tok
         text = self.prompt_for(h, req, tok)
         limit = self.prompt_limit(h, req["max_tokens"])
@@ -211,18 +213,71 @@ class Engine:
         if len(text) > 64 * (limit + 16):  # no token is that long: refuse without tokenizing megabytes
             raise EngineError(f"the prompt is too long: {len(text)} characters; this model accepts at most "
                               f"{limit} prompt tokens with max_tokens={req['max_tokens']}")
-        enc = tok(text, return_tensors="pt", add_special_tokens=False)
-        n = int(enc["input_ids"].shape[1])
-        if n > limit:
-            raise EngineError(f"the prompt is too long: {n} tokens; this model accepts at most {limit} prompt "
-                              f"tokens with max_tokens={req['max_tokens']} (context {self.context_length(h)}, "
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > limit:
+            raise EngineError(f"the prompt is too long: {len(ids)} tokens; this model accepts at most {limit} "
+                              f"prompt tokens with max_tokens={req['max_tokens']} (context {self.context_length(h)}, "
                               f"max_prompt_tokens {self.max_prompt_tokens or 'unset'})")
+        return Job(h, req, list(ids), on_event, cancel or threading.Event())
+
+    def generate(self, h: Loaded, req: dict) -> dict:
+        """{"text", "finish_reason", "prompt_tokens", "completion_tokens"} for one request."""
+        out = self.run_batch([self.prepare(h, req)])[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def run_batch(self, jobs: list[Job]) -> list[dict | BaseException]:
+        """Generate for many requests; one result (or the exception that request got) per job,
+        in order. Jobs for the same model version and sampling settings share ONE left-padded
+        ``generate`` call (one forward pass per step for all of them); different versions
+        (adapters) run one group after another, since ``set_adapter`` is global. Seeded
+        sampling runs alone (torch's RNG is process-global)."""
+        groups: dict[object, list[int]] = {}
+        for i, j in enumerate(jobs):
+            groups.setdefault(j.group_key(i), []).append(i)
+        out: list[dict | BaseException | None] = [None] * len(jobs)
+        for idx in groups.values():
+            try:
+                res = self._generate_group([jobs[i] for i in idx])
+            except (EngineBusy, EngineError) as e:
+                res = [e] * len(idx)
+            for i, r in zip(idx, res):
+                out[i] = r
+        return out  # type: ignore[return-value]
+
+    def _generate_group(self, jobs: list[Job]) -> list[dict]:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        h, req = jobs[0].h, jobs[0].req
+        tok = h.tok
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        width = max(len(j.ids) for j in jobs)
+        # left padding: every row's last prompt token sits in the last column (the attention
+        # mask hides the padding; position ids follow the mask)
+        input_ids = torch.tensor([[pad] * (width - len(j.ids)) + j.ids for j in jobs], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(j.ids)) + [1] * len(j.ids) for j in jobs], dtype=torch.long)
+        limits = torch.tensor([j.req["max_tokens"] for j in jobs])
+
+        class RowStop(StoppingCriteria):  # per row: its own max_tokens, or cancelled (disconnect, stop string)
+            def __call__(self, ids, scores, **kw):
+                n = ids.shape[1] - width
+                done = (n >= limits) | torch.tensor([j.cancel.is_set() for j in jobs])
+                for j, d in zip(jobs, done.tolist()):
+                    if d and j.ended_at is None:
+                        j.ended_at = n  # the batch pads this row from here on
+                return done
+
         sample = req["temperature"] > 0
-        kw = dict(max_new_tokens=req["max_tokens"], pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        kw = dict(max_new_tokens=int(limits.max()), pad_token_id=pad, eos_token_id=tok.eos_token_id,
+                  attention_mask=mask, stopping_criteria=StoppingCriteriaList([RowStop()]))
         if sample:
             kw.update(do_sample=True, temperature=req["temperature"], top_p=req["top_p"])
         else:
             kw.update(do_sample=False)
+        if any(j.on_event for j in jobs):
+            kw["streamer"] = _RowStreamer(jobs, tok)
         seeded = sample and req.get("seed") is not None
         with self._mu:
             if h.adapter:
@@ -249,17 +304,129 @@ class Engine:
                         enter()
                     torch.manual_seed(req["seed"])
                 with torch.no_grad():
-                    out = model.generate(**enc, **kw)
+                    out = model.generate(input_ids=input_ids, **kw)
         finally:
             if h.adapter:
                 with self._mu:
                     self._inflight[h.adapter] -= 1
-        new = out[0, n:].tolist()
+        results = []
+        for row, j in zip(out[:, width:].tolist(), jobs):
+            res = j.result(row, tok)
+            cancelled = j.cancel.is_set() and not j.stop_hit and res["completion_tokens"] < j.req["max_tokens"] \
+                and not res.get("eos")
+            with self._mu:
+                self.stats["requests"] += 1
+                self.stats["generated_tokens"] += res["completion_tokens"]
+                self.stats["cancelled"] += cancelled
+                self.stats["batches"] += j is jobs[0]
+                self.stats["max_batch"] = max(self.stats["max_batch"], len(jobs))
+                self.recent.append({"completion_tokens": res["completion_tokens"], "cancelled": cancelled,
+                                    "batch": len(jobs), "max_tokens": j.req["max_tokens"]})
+            j.finish(res)
+            results.append(res)
+        return results
+
+
+def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    """``text`` up to the earliest stop string, and whether one was found."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[:min(hits)], True) if hits else (text, False)
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many trailing characters of ``text`` could still become a stop string."""
+    n = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), n, -1):
+            if text.endswith(s[:k]):
+                n = k
+                break
+    return n
+
+
+class Job:
+    """One prepared request. Streaming: ``on_event("text", piece)`` for each piece of text that
+    is final, then ``on_event("end", result)`` once, as soon as this row is done (not when the
+    whole batch is)."""
+
+    def __init__(self, h: Loaded, req: dict, ids: list[int], on_event, cancel: threading.Event):
+        self.h, self.req, self.ids, self.on_event, self.cancel = h, req, ids, on_event, cancel
+        self.tokens: list[int] = []
+        self.sent = ""
+        self.done = self.ended = self.stop_hit = False
+        self.ended_at: int | None = None
+
+    def group_key(self, i: int) -> tuple:
+        r = self.req
+        version = self.h.adapter or id(self.h.model)
+        if r["temperature"] <= 0:
+            return (version, "greedy")
+        if r.get("seed") is not None:
+            return (version, "seeded", i)  # alone
+        return (version, "sample", r["temperature"], r["top_p"])
+
+    def result(self, row: list[int], tok) -> dict:
+        """The answer from this row's generated tokens (the batch pads finished rows)."""
+        new = row[:min(self.req["max_tokens"], self.ended_at or len(row))]
+        if tok.eos_token_id in new:  # the row finished there; the rest is padding
+            new = new[:new.index(tok.eos_token_id) + 1]
         hit_eos = bool(new) and new[-1] == tok.eos_token_id
-        text = tok.decode(new, skip_special_tokens=True)
-        finish = "stop" if hit_eos or len(new) < req["max_tokens"] else "length"
-        for s in req["stop"]:
-            i = text.find(s)
-            if i >= 0:
-                text, finish = text[:i], "stop"
-        return {"text": text, "finish_reason": finish, "prompt_tokens": n, "completion_tokens": len(new)}
+        text, stopped = cut_at_stop(tok.decode(new, skip_special_tokens=True), self.req["stop"])
+        finish = "stop" if hit_eos or stopped or len(new) < self.req["max_tokens"] else "length"
+        return {"text": text, "finish_reason": finish, "prompt_tokens": len(self.ids),
+                "completion_tokens": len(new), "eos": hit_eos}
+
+    def push(self, token: int, tok) -> None:
+        """The next generated token (streaming): send the text that is now final."""
+        if self.done:
+            return
+        self.tokens.append(token)
+        if token == tok.eos_token_id or len(self.tokens) >= self.req["max_tokens"]:
+            self.done = True
+            self.finish(self.result(self.tokens, tok))
+            return
+        if self.cancel.is_set():
+            self.done = True
+            return
+        text, stopped = cut_at_stop(tok.decode(self.tokens, skip_special_tokens=True), self.req["stop"])
+        if stopped:  # nothing after a stop string is sent: stop generating this row
+            self.stop_hit = True
+            self.cancel.set()
+            self.done = True
+            self.finish(self.result(self.tokens, tok))
+            return
+        if text.endswith("\ufffd"):
+            return  # a multi-byte character is not complete yet
+        self._send(text[:len(text) - _held_back(text, self.req["stop"])])
+
+    def _send(self, text: str) -> None:
+        if len(text) > len(self.sent) and text.startswith(self.sent):
+            self.on_event("text", text[len(self.sent):])
+            self.sent = text
+
+    def finish(self, res: dict) -> None:
+        if self.on_event is None or self.ended:
+            return
+        self.ended = True
+        self._send(res["text"])
+        self.on_event("end", res)
+
+
+class _RowStreamer:
+    """transformers streamer for a batch: ``put`` gets the prompt first, then one token per row
+    per step; each streaming row decodes its own tokens (``TextIteratorStreamer`` handles only
+    batch size 1)."""
+
+    def __init__(self, jobs: list[Job], tok):
+        self.jobs, self.tok, self.prompt_seen = jobs, tok, False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for j, t in zip(self.jobs, value.reshape(len(self.jobs), -1)[:, -1].tolist()):
+            if j.on_event:
+                j.push(int(t), self.tok)
+
+    def end(self) -> None:
+        pass

@@ -5,8 +5,8 @@ status and an OpenAI-style error body, so an unmodified ``openai`` client raises
 ``BadRequestError`` / ``NotFoundError`` / ``AuthenticationError`` with our message.
 
 Differences from OpenAI, on purpose: ``temperature`` defaults to 0 (greedy, reproducible
-answers) and ``n`` must be 1. ``stream=true`` is accepted: the answer is generated whole
-and sent as server-sent events (one content chunk), which streaming clients accept.
+answers) and ``n`` must be 1. ``stream=true`` sends the text as it is generated (``Stream``: OpenAI chunks as
+server-sent events, ending with ``data: [DONE]``).
 """
 from __future__ import annotations
 
@@ -212,19 +212,46 @@ def response(req: dict, out: dict, model: str) -> dict:
             "usage": _usage(out)}
 
 
+class Stream:
+    """OpenAI streaming chunks (server-sent events) for one request, piece by piece: ``text``
+    for each piece of generated text (the first one carries the assistant role), ``end`` with
+    the finish reason and usage, then ``data: [DONE]``."""
+
+    def __init__(self, req: dict, model: str):
+        self.chat = req["kind"] == "chat"
+        self.base = {"id": f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}",
+                     "object": "chat.completion.chunk" if self.chat else "text_completion",
+                     "created": int(time.time()), "model": model, "system_fingerprint": model}
+        self.role_sent = False
+
+    @staticmethod
+    def event(obj: dict | str) -> str:
+        return f"data: {obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)}\n\n"
+
+    def _choice(self, text: str | None, finish: str | None) -> dict:
+        if not self.chat:
+            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        delta = {} if text is None else {"content": text}
+        if not self.role_sent:
+            delta = {"role": "assistant", **delta}
+            self.role_sent = True
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+    def text(self, piece: str) -> str:
+        return self.event({**self.base, "choices": [self._choice(piece, None)]})
+
+    def end(self, out: dict) -> list[str]:
+        return [self.event({**self.base, "choices": [self._choice(None, out["finish_reason"])],
+                            "usage": _usage(out)}), self.event("[DONE]")]
+
+    @staticmethod
+    def error(e: ApiError) -> str:
+        """An error after the response started (the status line has gone out): the openai
+        client raises it as an APIError."""
+        return Stream.event(e.body())
+
+
 def sse_events(req: dict, out: dict, model: str) -> list[str]:
-    """The whole answer as server-sent events: content chunk, final chunk, [DONE]."""
-    full = response(req, out, model)
-    base = {k: full[k] for k in ("id", "created", "model", "system_fingerprint")}
-    if req["kind"] == "chat":
-        base["object"] = "chat.completion.chunk"
-        chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": out["text"]},
-                                        "logprobs": None, "finish_reason": None}]},
-                  {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None,
-                                        "finish_reason": out["finish_reason"]}], "usage": _usage(out)}]
-    else:
-        base["object"] = "text_completion"
-        chunks = [{**base, "choices": [{"index": 0, "text": out["text"], "logprobs": None, "finish_reason": None}]},
-                  {**base, "choices": [{"index": 0, "text": "", "logprobs": None,
-                                        "finish_reason": out["finish_reason"]}], "usage": _usage(out)}]
-    return [f"data: {json.dumps(c, ensure_ascii=False)}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
+    """A whole answer as server-sent events: content chunk, final chunk, [DONE]."""
+    s = Stream(req, model)
+    return [s.text(out["text"]), *s.end(out)]
