@@ -558,7 +558,10 @@ def parse_overrides(items: list[str], aliases: dict[str, str] | None = None, cls
     out: dict = {}
     for item in items:
         if "=" not in item:
-            hint = _suggest(cls, item.strip(), aliases) if cls is not None else ""
+            k = item.strip()
+            if cls is not None and (k in (aliases or {}) or field_type(cls, k) is not None):
+                raise ConfigError(f"command line: {item!r} has no value; write {k}=VALUE")
+            hint = _suggest(cls, k, aliases) if cls is not None else ""
             raise ConfigError(f"command line: {item!r} is not of the form key=value{hint}")
         key, raw = item.split("=", 1)
         key = key.strip()
@@ -567,7 +570,13 @@ def parse_overrides(items: list[str], aliases: dict[str, str] | None = None, cls
         if aliases and key in aliases:
             key = aliases[key]
         if cls is not None:
-            check_keys(cls, _nest(key, None), lambda _k: "command line", aliases)
+            try:
+                check_keys(cls, _nest(key, None), lambda _k: "command line", aliases)
+            except ConfigError:  # suggest from the whole key: 'trian.max_steps' -> 'train.max_steps'
+                hint = _suggest(cls, key, aliases)
+                if not hint:
+                    raise
+                raise ConfigError(f"command line: unknown config key '{key}'{hint}") from None
             try:
                 value = parse_value(raw, field_type(cls, key))
             except ConfigError as e:
