@@ -20,6 +20,7 @@ import hmac
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 
@@ -86,12 +87,21 @@ async def read_body(request: Request, limit: int = oa.MAX_BODY) -> bytes:
 
 @serve.deployment
 class ModelServer:
-    """One base model; registry versions attached on demand and cached LRU per replica."""
+    """One base model; registry versions attached on demand and cached LRU per replica.
+
+    Concurrent requests are batched (``@serve.batch``: up to ``max_batch_size`` requests that
+    arrive within ``batch_wait_timeout_s`` or queue up while a batch runs; one batch at a time
+    per replica, i.e. static batching, no joining a running batch); the engine runs
+    the requests of a batch that use the same version as ONE left-padded ``generate`` and
+    different versions (adapters) one group after another. Streaming requests ride in the
+    same batches; their tokens leave the generating thread through an asyncio queue."""
 
     def __init__(self, base: dict | None, registry: str, threads: int, max_prompt_tokens: int = 0,
-                 queue_timeout_s: float = 30.0):
+                 queue_timeout_s: float = 30.0, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.0):
         self.engine = Engine(base, threads, max_prompt_tokens, queue_timeout_s)
         self.registry = registry
+        self._batch.set_max_batch_size(max_batch_size)
+        self._batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def get_model(self, model_id: str):
@@ -103,30 +113,96 @@ class ModelServer:
 
         return await asyncio.to_thread(load)
 
-    async def _run(self, req: dict | None) -> dict:
-        mid = serve.get_multiplexed_model_id()
-        try:
-            h = await self.get_model(mid)
-            if req is None:
-                return {"loaded": mid}
-            return await asyncio.to_thread(self.engine.generate, h, req)
-        except IntegrityError as e:  # the detail (file names) stays in the replica log
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
+    async def _batch(self, jobs: list) -> list:
+        """One engine call for a batch of prepared requests: [("ok", result) | ("error", exc)]."""
+        out = await asyncio.to_thread(self.engine.run_batch, jobs)
+        res = []
+        for j, r in zip(jobs, out):
+            if isinstance(r, BaseException):
+                if j.on_event is not None:
+                    j.on_event("error", r)
+                res.append(("error", r))
+            else:
+                res.append(("ok", r))
+        return res
+
+    @staticmethod
+    def _error(mid: str, e: BaseException) -> dict:
+        if isinstance(e, IntegrityError):  # the detail (file names) stays in the replica log
             log.error(f"rayft: {mid}: {e}")
             return _err(409, f"model {mid} refused: its artifacts do not match the sha256 recorded at "
                              "registration", "integrity_error", "artifact_hash_mismatch")
-        except RegistryError as e:
+        if isinstance(e, RegistryError):
             log.error(f"rayft: {mid}: {e}")
             return _err(404, f"model {mid} could not be read from the registry", code="model_not_found")
-        except EngineBusy as e:
+        if isinstance(e, EngineBusy):
             return _err(503, str(e), "server_busy", "server_busy", e.retry_after)
-        except EngineError as e:
+        if isinstance(e, EngineError):
             return _err(400, str(e), code="context_length_exceeded" if "too long" in str(e) else None)
+        raise e
 
     async def generate(self, req: dict) -> dict:
-        return await self._run(req)
+        mid = serve.get_multiplexed_model_id()
+        try:
+            h = await self.get_model(mid)
+            kind, out = await self._batch(self.engine.prepare(h, req))
+            if kind == "error":
+                raise out
+            return out
+        except (IntegrityError, RegistryError, EngineBusy, EngineError) as e:
+            return self._error(mid, e)
+
+    async def generate_stream(self, req: dict):
+        """Streaming (call with ``handle.options(stream=True)``): yields {"text": piece} as
+        tokens are generated, then {"end": result}; or one {"error": ...}. When the caller
+        goes away (client disconnect: Serve cancels this generator), the request's generation
+        stops at the next token; the rest of its batch goes on."""
+        mid = serve.get_multiplexed_model_id()
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+
+        def on_event(kind: str, x) -> None:  # from the generating thread (or the loop: errors)
+            loop.call_soon_threadsafe(events.put_nowait, (kind, x))
+
+        try:
+            h = await self.get_model(mid)
+            job = self.engine.prepare(h, req, on_event, cancel)
+        except (IntegrityError, RegistryError, EngineBusy, EngineError) as e:
+            yield self._error(mid, e)
+            return
+        task = asyncio.ensure_future(self._batch(job))
+        task.add_done_callback(lambda t: None if t.cancelled() or t.exception() is None
+                               else events.put_nowait(("crash", t.exception())))
+        try:
+            while True:
+                kind, x = await events.get()
+                if kind == "text":
+                    yield {"text": x}
+                elif kind == "end":
+                    yield {"end": x}
+                    return
+                elif kind == "error":
+                    yield self._error(mid, x)
+                    return
+                else:
+                    raise x
+        finally:
+            cancel.set()  # a no-op when the row is done; else stops it at the next token
 
     async def warm(self) -> dict:
-        return await self._run(None)
+        mid = serve.get_multiplexed_model_id()
+        try:
+            await self.get_model(mid)
+            return {"loaded": mid}
+        except (IntegrityError, RegistryError, EngineBusy, EngineError) as e:
+            return self._error(mid, e)
+
+    def stats(self) -> dict:
+        """Engine counters (requests, generated_tokens, cancelled, batches, max_batch) and the
+        last finished requests, for tests and benchmarks."""
+        return {"stats": dict(self.engine.stats), "recent": list(self.engine.recent)}
 
     def ping(self) -> str:
         return "ok"
@@ -147,6 +223,7 @@ class Gateway:
         self.router = Router(c.registry, c.models, c.languages, c.default_model, c.alias_refresh_s,
                              c.allow_unpromoted_versions)
         self.warming: dict[str, str] = {}
+        self.handles: dict[tuple, object] = {}
         self.swap_errors: dict[str, str] = {}
         # line -> {"version", "attempts", "retry_at"}: a champion that failed to load is
         # retried with exponential backoff (load_retry_s, doubling, at most MAX_LOAD_RETRY_S)
@@ -176,6 +253,18 @@ class Gateway:
         if h is None:
             raise oa.ApiError(400, f"{line}:{version} is an adapter for base model {m['base_model']['name']}, "
                                    "which this server does not host; restart `rayft serve` to add it")
+        return h
+
+    def _handle(self, line: str, version: str, stream: bool):
+        """The model deployment's handle with this version's multiplexed id, made once per
+        (line, version, stream) instead of per request (``options`` builds a new handle)."""
+        key = (line, version, stream)
+        h = self.handles.get(key)
+        if h is None:
+            if len(self.handles) > 256:
+                self.handles.clear()
+            h = self.handles[key] = self._server(line, version).options(
+                multiplexed_model_id=f"{line}/{version}", stream=stream)
         return h
 
     def _hot_swap(self) -> None:
@@ -215,13 +304,59 @@ class Gateway:
         idempotent: the client has seen nothing yet), on another or the restarted replica."""
         for attempt in (1, 2):
             try:
-                return await self._server(line, version).options(
-                    multiplexed_model_id=f"{line}/{version}").generate.remote(req)
+                return await self._handle(line, version, False).generate.remote(req)
             except RayActorError as e:
                 if attempt == 2:
                     raise
                 log.warning(f"rayft: a model replica died during a request ({type(e).__name__}); retrying once")
         raise AssertionError("unreachable")
+
+    async def _open_stream(self, line: str, version: str, req: dict):
+        """(response generator, its first item) of a streaming generation; retried once like
+        ``_generate`` when the replica died before the first item (the client has seen nothing)."""
+        for attempt in (1, 2):
+            gen = self._handle(line, version, True).generate_stream.remote(req)
+            try:
+                return gen, await gen.__anext__()
+            except RayActorError as e:
+                if attempt == 2:
+                    raise
+                log.warning(f"rayft: a model replica died during a request ({type(e).__name__}); retrying once")
+            except BaseException:
+                gen.cancel()
+                raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _model_error(out: dict) -> oa.ApiError:
+        e = out["error"]
+        return oa.ApiError(e["status"], e["message"], e["type"], "model", e.get("code"), e.get("retry_after"))
+
+    async def _sse(self, gen, item: dict, req: dict, model: str):
+        """OpenAI chunks as the replica generates; closing this (client disconnect) cancels the
+        replica's generator, which stops the generation."""
+        s = oa.Stream(req, model)
+        try:
+            while True:
+                if "text" in item:
+                    yield s.text(item["text"])
+                elif "end" in item:
+                    for ev in s.end(item["end"]):
+                        yield ev
+                    return
+                else:
+                    yield s.error(self._model_error(item))
+                    return
+                item = await gen.__anext__()
+        except StopAsyncIteration:  # the replica ended without a result: say so, never hang
+            yield s.error(oa.ApiError(500, "the model server ended the stream early", "server_error"))
+        except Exception:
+            eid = uuid.uuid4().hex[:12]
+            log.error(f"rayft: stream {eid} failed", exc_info=True)
+            yield s.error(oa.ApiError(500, f"internal server error (request id {eid}); the server log has "
+                                           "the details", "server_error"))
+        finally:
+            gen.cancel()  # no-op when it finished; else stops the generation on the replica
 
     async def _complete(self, request: Request, parse) -> object:
         try:
@@ -230,14 +365,17 @@ class Gateway:
             req = parse(body, self.cfg.max_tokens_default, self.cfg.max_tokens_limit)
             self._hot_swap()
             line, version = self.router.resolve(req["model"], oa.request_text(req))
-            out = await self._generate(line, version, req)
-            if "error" in out:
-                e = out["error"]
-                raise oa.ApiError(e["status"], e["message"], e["type"], "model", e.get("code"),
-                                  e.get("retry_after"))
             model = f"{line}:{version}"
             if req["stream"]:
-                return StreamingResponse(iter(oa.sse_events(req, out, model)), media_type="text/event-stream")
+                # the first item (first text, or an error) decides the status line
+                gen, first = await self._open_stream(line, version, req)
+                if "error" in first:
+                    raise self._model_error(first)
+                return StreamingResponse(self._sse(gen, first, req, model), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            out = await self._generate(line, version, req)
+            if "error" in out:
+                raise self._model_error(out)
             return JSONResponse(oa.response(req, out, model))
         except oa.ApiError as e:
             return e.response()
@@ -339,7 +477,8 @@ def build_app(cfg: ServeConfig):
                                       ray_actor_options={"num_cpus": cfg.num_cpus},
                                       max_ongoing_requests=cfg.max_ongoing_requests,
                                       health_check_period_s=2.0, health_check_timeout_s=30.0)
-               .bind(spec, cfg.registry, threads, cfg.max_prompt_tokens, cfg.queue_timeout_s)
+               .bind(spec, cfg.registry, threads, cfg.max_prompt_tokens, cfg.queue_timeout_s, cfg.max_batch_size,
+                     cfg.batch_wait_timeout_s)
                for i, (k, spec) in enumerate(bases.items())}
     key = cfg.resolved_key()
     public = to_dict(cfg) | {"api_key": ""}  # only the key's hash goes into the deployment
