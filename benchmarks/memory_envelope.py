@@ -181,7 +181,8 @@ def run_one(row: dict, dirs: dict, pairs: Path, steps: int, seq: int, timeout: i
         res.update(status="ok", peak_rss_mb=peaks, peak_rss_train_mb=r["peak_rss_mb"],
                    rss_runtime_mb=mem["rss_runtime_mb"],
                    rss_built_mb=mem["rss_built_mb"], loss_first=r["loss_first"], loss_last=r["loss_last"],
-                   tokens_per_s=sum(m["tokens"] for m in steady) / sum(m["window_s"] for m in steady))
+                   tokens_per_s=sum(m.get("useful_tokens", m["tokens"]) for m in steady)  # non-padding, as before
+                   / sum(m["window_s"] for m in steady))
     else:
         text = log.read_text(errors="replace")
         oom = "were killed due to the node running low on memory" in text

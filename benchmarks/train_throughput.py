@@ -81,7 +81,8 @@ def ray_loop(cfg) -> dict:
     rep = json.loads((run_dir / "report.json").read_text())
     m = [x for x in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in x]
     steady = [x for x in m if x["step"] > 1]
-    return {"tokens_per_s": sum(x["tokens"] for x in steady) / sum(x["window_s"] for x in steady),
+    return {"tokens_per_s": sum(x.get("useful_tokens", x["tokens"]) for x in steady)  # non-padding, as plain_loop
+            / sum(x["window_s"] for x in steady),
             "steps": rep["steps"], "peak_rss_mb_per_worker": rep["peak_rss_mb"], "wall_s_incl_startup": wall}
 
 

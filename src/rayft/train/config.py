@@ -44,6 +44,12 @@ class DataSection(Section):
         "last", "which assistant turns carry loss: last (the final reply; in a tool-calling conversation "
         "every assistant turn after the last user turn, tool calls included) | all_assistant (every "
         "assistant turn of a multi-turn conversation, each masked separately); tool results never do")
+    packing: bool = opt(
+        False, "pack several training examples into each row of up to max_seq_len tokens (greedy "
+        "first-fit in a fixed seeded order, once per worker), each attending only to itself (position "
+        "ids restart per example; transformers builds the block-diagonal mask, or flash-attention's "
+        "varlen kernels use them). train.batch_size then counts packed rows. Short pairs waste most "
+        "of a padded batch on padding; validation stays unpacked (rayft.data.packing)")
 
 
 class ModelSection(Section):

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..config import from_dict
+from ..data.packing import check_isolation, collate_packed, pack_examples
 from ..data.tokenize import collate
 from ..storage import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from . import checkpoint as ckpt_io
@@ -50,13 +51,13 @@ def train_loop_per_worker(config: dict) -> None:
     w = Worker(config)                        # 1. tokenizer, engine, checkpoint restore, data shards
     w.validate_at_start()                     # 2. step-0 validation loss (fresh runs)
     while w.step < w.stop_at:
-        loss, tokens, mem_stop = w.optimizer_step()   # 3. accumulated micro-batches + one update
+        loss, counts, mem_stop = w.optimizer_step()   # 3. accumulated micro-batches + one update
         kind = w.on_guard(w.guard.on_step(w.step, loss))  # 4. NaN/Inf -> rollback or stop
         if kind == "stop":
             break
         if kind == "rollback":
             continue
-        w.window.add(loss, tokens)
+        w.window.add(loss, counts)
         due = w.due(mem_stop)
         if not due:
             continue
@@ -80,39 +81,55 @@ class Window:
     """Training metrics accumulated since the last logged step."""
 
     loss: float = 0.0
-    tokens: float = 0.0
+    tokens: float = 0.0         # positions computed, padding included
+    useful_tokens: float = 0.0  # non-padding tokens
+    examples: float = 0.0
     steps: int = 0
     last_loss: float = 0.0
     t0: float = field(default_factory=time.perf_counter)
 
-    def add(self, loss: float, tokens: float) -> None:
+    def add(self, loss: float, counts: tuple[float, float, float]) -> None:
         self.last_loss = loss
         self.loss += loss
-        self.tokens += tokens
+        self.tokens += counts[0]
+        self.useful_tokens += counts[1]
+        self.examples += counts[2]
         self.steps += 1
 
     def reset(self) -> None:
         self.loss, self.tokens, self.steps, self.last_loss, self.t0 = 0.0, 0.0, 0, 0.0, time.perf_counter()
+        self.useful_tokens = self.examples = 0.0
 
 
 class Shards:
-    """This worker's rows, pulled once from Ray Data and ordered by row index."""
+    """This worker's rows, pulled once from Ray Data and ordered by row index. With
+    ``pack_len`` (data.packing) the units a micro-batch is drawn from are packed rows, packed
+    once here in a fixed seeded order (rayft.data.packing), so resume stays exact."""
 
-    def __init__(self, rank: int, batch_size: int, seed: int):
+    def __init__(self, rank: int, batch_size: int, seed: int, pack_len: int = 0):
         self.train, self.val = _pull_shard("train"), _pull_shard("val")
         self.rank, self.bs, self.seed = rank, batch_size, seed
-        self.n_batches = len(self.train) // batch_size
+        self.packed = pack_len > 0
+        self.units = (pack_examples([(r[0], r[1]) for r in self.train], pack_len, epoch_order_seed(seed, -1))
+                      if self.packed else [(r[0], r[1]) for r in self.train])
+        self.n_batches = len(self.units) // batch_size
 
     def check(self) -> None:
         if self.n_batches == 0:
-            raise ValueError(f"worker {self.rank} has {len(self.train)} training rows, fewer than "
-                             f"train.batch_size={self.bs}")
+            what = f"{len(self.units)} packed rows" if self.packed else f"{len(self.train)} training rows"
+            raise ValueError(f"worker {self.rank} has {what}, fewer than train.batch_size={self.bs}")
 
-    def micro_batch(self, m: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+    def micro_batch(self, m: int) -> tuple[list[tuple], int]:
         """Micro-batch number ``m`` of the run (across epochs) and its epoch."""
         epoch, j = divmod(m, self.n_batches)
-        perm = np.random.default_rng(epoch_order_seed(self.seed, epoch)).permutation(len(self.train))
-        return [(self.train[i][0], self.train[i][1]) for i in perm[j * self.bs:(j + 1) * self.bs]], epoch
+        perm = np.random.default_rng(epoch_order_seed(self.seed, epoch)).permutation(len(self.units))
+        return [self.units[i] for i in perm[j * self.bs:(j + 1) * self.bs]], epoch
+
+    def collate(self, units: list[tuple], pad_id: int) -> tuple[dict, tuple[float, float, float]]:
+        """A micro-batch's tensors and its (positions, non-padding tokens, examples)."""
+        b = collate_packed(units, pad_id) if self.packed else collate(units, pad_id)
+        return b, (float(b["input_ids"].numel()), float(sum(len(u[0]) for u in units)),
+                   float(sum(len(u[3]) for u in units) if self.packed else len(units)))
 
 
 class Faults:
@@ -171,7 +188,10 @@ class Worker:
         self.device = ray.train.torch.get_device()
         rss_built = self.watchdog.sample()
 
-        self.data = Shards(self.rank, cfg.train.batch_size, cfg.run.seed)
+        self.data = Shards(self.rank, cfg.train.batch_size, cfg.run.seed,
+                           cfg.data.max_seq_len if cfg.data.packing else 0)
+        if cfg.data.packing:  # prove on this model that packed examples cannot see each other
+            check_isolation(self.engine.eval_model, self.device, len(self.tok))
         self._write_data_stats()
         self.data.check()
         mem_rows = self.gather({"rss_start_mb": rss_start / 2**20, "rss_runtime_mb": rss_runtime / 2**20,
@@ -255,21 +275,23 @@ class Worker:
         self.engine.model.train()
         self.window.reset()
 
-    def optimizer_step(self) -> tuple[float, float, bool]:
+    def optimizer_step(self) -> tuple[float, tuple, bool]:
         """grad_accum micro-batches and one optimizer step. Returns the step's mean loss over
-        all workers, its token count over all workers, and whether any worker's memory
-        watchdog tripped (its flag rides on the loss all-reduce: every worker learns together)."""
-        accum, loss, tokens = self.cfg.train.grad_accum, 0.0, 0.0
+        all workers, its (positions, non-padding tokens, examples) over all workers, and whether
+        any worker's memory watchdog tripped (its flag rides on the loss all-reduce: every worker
+        learns together)."""
+        accum, loss, counts = self.cfg.train.grad_accum, 0.0, np.zeros(3)
         for a in range(accum):
-            examples, self.epoch = self.data.micro_batch(self.step * accum + a)
-            b = {k: v.to(self.device) for k, v in collate(examples, self.tok.pad_token_id).items()}
+            units, self.epoch = self.data.micro_batch(self.step * accum + a)
+            b, c = self.data.collate(units, self.tok.pad_token_id)
+            b = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in b.items()}
             loss += self.engine.micro_step(b, a, accum) / accum
-            tokens += float(b["attention_mask"].sum().item())
+            counts += c
         self.engine.step()
         self.step += 1
         loss = self.faults.after_step(self.step, loss, self.engine, self.guard)
-        gl, gt, trips = self.all_sum([loss, tokens, float(self.watchdog.tripped.is_set())])
-        return gl / self.world, gt, trips > 0
+        gl, *totals, trips = self.all_sum([loss, *counts.tolist(), float(self.watchdog.tripped.is_set())])
+        return gl / self.world, tuple(totals), trips > 0
 
     def on_guard(self, act) -> str:
         """The one handler for the guard's actions (after a training step or a validation):
@@ -331,6 +353,8 @@ class Worker:
         m = {"step": self.step, "epoch": self.epoch, "loss": w.last_loss,
              "loss_avg": w.loss / w.steps, "lr": self.engine.lr(),
              "tokens_per_s": w.tokens / dt if dt > 0 else 0.0, "tokens": w.tokens, "window_s": dt,
+             "useful_tokens_per_s": w.useful_tokens / dt if dt > 0 else 0.0, "useful_tokens": w.useful_tokens,
+             "examples": w.examples,
              "max_steps": self.cfg.train.max_steps}
         if "eval" in due:
             m["val_loss"] = self.val_loss()

@@ -107,6 +107,10 @@ def build_report(cfg: TrainConfig, p: Prepared, metrics: list[dict], state: dict
         "val_loss": vals[-1]["val_loss"] if vals else None,
         "tokens_per_s": tot_tokens / tot_time if tot_time else 0.0,
         "tokens_per_s_windows": tok_s,
+        # tokens_per_s counts every position computed (padding included); useful_tokens_per_s the
+        # non-padding tokens (rows of runs before data.packing counted those as tokens)
+        "useful_tokens_per_s": (sum(m.get("useful_tokens", m["tokens"]) for m in train_m) / tot_time
+                                if tot_time else 0.0),
         "peak_rss_mb": peaks, "wall_s": wall, "files": p.stats["files"], "sources": p.stats.get("sources", []),
         "checkpoint": str(latest_checkpoint_dir(p.run_dir)), "config": to_dict(cfg),
         "command": " ".join(sys.argv),
