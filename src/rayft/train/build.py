@@ -46,19 +46,24 @@ def base_model(cfg: TrainConfig, source: str, tok):
     architecture of ``source`` with seeded random weights."""
     from ..models.load import is_tiny, load_model, torch_dtype
 
+    dtype = "bfloat16" if cfg.model.quantize == "bf16-storage" else cfg.model.dtype  # lowbit.py upcasts the rest
     if cfg.model.init == "random" and not is_tiny(source):
         from transformers import AutoModelForCausalLM
 
         from .shape import hf_config
         torch.manual_seed(cfg.run.seed)
         return AutoModelForCausalLM.from_config(hf_config(source, cfg.model.trust_remote_code),
-                                                dtype=torch_dtype(cfg.model.dtype))
-    return load_model(source, tok, cfg.model.dtype, cfg.model.trust_remote_code, cfg.run.seed)
+                                                dtype=torch_dtype(dtype))
+    return load_model(source, tok, dtype, cfg.model.trust_remote_code, cfg.run.seed)
 
 
 def build_model(cfg: TrainConfig, source: str, tok):
     """Base model (+ gradient checkpointing) (+ LoRA adapter, identically seeded on every worker)."""
     model = base_model(cfg, source, tok)
+    if cfg.model.quantize != "none":  # a compact frozen base for LoRA (lowbit.py; loaded in bf16)
+        from ..models.load import torch_dtype
+        from .lowbit import store_base_compact
+        store_base_compact(model, cfg.model.quantize, torch_dtype(cfg.model.dtype))
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False

@@ -50,6 +50,12 @@ class DataSection(Section):
         "ids restart per example; transformers builds the block-diagonal mask, or flash-attention's "
         "varlen kernels use them). train.batch_size then counts packed rows. Short pairs waste most "
         "of a padded batch on padding; validation stays unpacked (rayft.data.packing)")
+    packing: bool = opt(
+        False, "pack several training examples into each row of up to max_seq_len tokens (greedy "
+        "first-fit in a fixed seeded order, once per worker), each attending only to itself (position "
+        "ids restart per example; transformers builds the block-diagonal mask, or flash-attention's "
+        "varlen kernels use them). train.batch_size then counts packed rows. Short pairs waste most "
+        "of a padded batch on padding; validation stays unpacked (rayft.data.packing)")
 
 
 class ModelSection(Section):
@@ -66,6 +72,10 @@ class ModelSection(Section):
     adapter: str = opt("", "train.method=lora: start from this adapter directory's weights "
                        "(adapter_model.safetensors; e.g. a registry champion's artifacts/adapter) instead "
                        "of a fresh LoRA init; lora.r and lora.target_modules must match it")
+    quantize: Literal["none", "bf16-storage"] = opt(
+        "none", "train.method=lora: how the frozen base is stored. none (model.dtype) | bf16-storage (every "
+        "linear and embedding weight of the base stored bfloat16, half the bytes, computed in fp32 on CPU; "
+        "LoRA weights and norms fp32; rayft.train.lowbit). int8 / nf4 are not implemented yet")
 
 
 class LoraSection(Section):
@@ -179,6 +189,10 @@ class TrainConfig(Section):
     def _required(self, info: ValidationInfo):
         if complete(info) and not self.data.path and not self.data.sources:
             raise ConfigError("data.path is required (a pairs file, directory or glob), or data.sources")
+        if self.model.quantize != "none" and (self.train.method != "lora" or self.train.strategy != "ddp"):
+            raise ConfigError(f"model.quantize={self.model.quantize} stores a frozen base compactly: it needs "
+                              f"train.method=lora and train.strategy=ddp, got {self.train.method} and "
+                              f"{self.train.strategy}")
         if self.data.path and self.data.sources:
             raise ConfigError("data.path and data.sources: give one (data.sources lists every source)")
         return self

@@ -110,8 +110,8 @@ def estimate(cfg: TrainConfig, shape: ModelShape, dtype: str = "float32") -> Est
         # the largest parameter all-gathered, the layer being computed, and the largest trainable
         # parameter's full-size gradient before it is reduce-scattered
         p["gathered"] = (shape.largest_param + shape.layer_params + largest_trainable) * B
-    else:
-        p["weights"] = N * B
+    else:  # model.quantize=bf16-storage (ddp only): the frozen base in 2 bytes (lowbit.py; norms negligible)
+        p["weights"] = N * (2 if cfg.model.quantize == "bf16-storage" else B)
 
     if zero:
         p["master"] = 0.0 if opt_nvme else 4 * T / W
