@@ -48,14 +48,8 @@ class DataSection(Section):
         False, "pack several training examples into each row of up to max_seq_len tokens (greedy "
         "first-fit in a fixed seeded order, once per worker), each attending only to itself (position "
         "ids restart per example; transformers builds the block-diagonal mask, or flash-attention's "
-        "varlen kernels use them). train.batch_size then counts packed rows. Short pairs waste most "
-        "of a padded batch on padding; validation stays unpacked (rayft.data.packing)")
-    packing: bool = opt(
-        False, "pack several training examples into each row of up to max_seq_len tokens (greedy "
-        "first-fit in a fixed seeded order, once per worker), each attending only to itself (position "
-        "ids restart per example; transformers builds the block-diagonal mask, or flash-attention's "
-        "varlen kernels use them). train.batch_size then counts packed rows. Short pairs waste most "
-        "of a padded batch on padding; validation stays unpacked (rayft.data.packing)")
+        "varlen kernels use them). train.batch_size then counts packed rows. Saves the compute a padded "
+        "batch of uneven lengths spends on padding; validation stays unpacked (rayft.data.packing)")
 
 
 class ModelSection(Section):
