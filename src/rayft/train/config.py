@@ -7,6 +7,8 @@ from pydantic import ValidationInfo, model_validator
 
 from ..config import ConfigError, LocalPath, Section, complete, opt, section
 from ..data.formats import FORMATS
+from ..tracking.config import TRACKING_HELP, MlflowSection, WandbSection
+from ..tracking.config import Backend as TrackingBackend
 from .guard import GuardCfg
 
 #: data.format values: auto or one of the readers' formats (rayft.data.formats.FORMATS)
@@ -180,6 +182,9 @@ class TrainConfig(Section):
     generate: GenerateSection = section(GenerateSection, "sample generation after training")
 
     @model_validator(mode="after")
+    tracking: list[TrackingBackend] = opt([], TRACKING_HELP)
+    mlflow: MlflowSection = section(MlflowSection, "MLflow settings (tracking=[mlflow])")
+    wandb: WandbSection = section(WandbSection, "Weights & Biases settings (tracking=[wandb])")
     def _required(self, info: ValidationInfo):
         if complete(info) and not self.data.path and not self.data.sources:
             raise ConfigError("data.path is required (a pairs file, directory or glob), or data.sources")
