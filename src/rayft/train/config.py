@@ -180,11 +180,11 @@ class TrainConfig(Section):
     guard: GuardCfg = section(GuardCfg, "training-time guard: a NaN/Inf loss rolls back to the last "
                               "healthy checkpoint with a lower learning rate; rising validation loss warns")
     generate: GenerateSection = section(GenerateSection, "sample generation after training")
-
-    @model_validator(mode="after")
     tracking: list[TrackingBackend] = opt([], TRACKING_HELP)
     mlflow: MlflowSection = section(MlflowSection, "MLflow settings (tracking=[mlflow])")
     wandb: WandbSection = section(WandbSection, "Weights & Biases settings (tracking=[wandb])")
+
+    @model_validator(mode="after")
     def _required(self, info: ValidationInfo):
         if complete(info) and not self.data.path and not self.data.sources:
             raise ConfigError("data.path is required (a pairs file, directory or glob), or data.sources")
