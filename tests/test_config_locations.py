@@ -76,17 +76,18 @@ def test_stage_configs_use_it():
     """Every location the issue names: local-only ones refuse s3://, registry ones accept it."""
     from rayft.cli import stage_config
 
-    local = {"train": "run.dir", "curate": "output.dir", "sweep": "sweep.dir", "eval": "output",
+    local = {"curate": "output.dir", "sweep": "sweep.dir", "eval": "output",
              "watch": "watch.dir", "frames embed": "embed.output", "frames cluster": "cluster.output",
              "frames export": "export.output", "frames segment": "segment.output",
              "frames train": "train.output", "export": "output", "data inspect": "out"}
     for stage, key in local.items():
         with pytest.raises(ConfigError, match=f"^command line: {key}: s3://b/p is an object-store URI"):
             stage_config(stage, None, [f"{key}=s3://b/p"])
-    for stage, key in {"serve": "registry", "registry list": "uri", "eval": "registry.uri"}.items():
+    for stage, key in {"serve": "registry", "registry list": "uri", "eval": "registry.uri", "train": "run.dir"}.items():
         with pytest.raises(ConfigError, match=f"{key}: ftp://b/p: no filesystem"):
             stage_config(stage, None, [f"{key}=ftp://b/p"])
     assert stage_config("registry list", None, ["uri=s3://b/reg"]).uri == "s3://b/reg"
+    assert stage_config("train", None, ["run.dir=s3://b/runs", "data.path=p.jsonl"]).run.dir == "s3://b/runs"
 
 
 def _cli(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
@@ -96,7 +97,6 @@ def _cli(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("argv,key", [
-    (["train", "--config", str(REPO / "configs/tiny.yaml"), f"run.dir={S3}"], "run.dir"),
     (["curate", f"data.path={REPO / 'configs'}", f"output.dir={S3}"], "output.dir"),
     (["sweep", f"sweep.dir={S3}"], "sweep.dir"),
 ])
@@ -108,3 +108,15 @@ def test_cli_refuses_before_writing(tmp_path, argv, key):
     assert f"command line: {key}: s3://bucket/runs?... is an object-store URI" in lines[0]
     assert SECRET not in res.stdout + res.stderr
     assert list(tmp_path.iterdir()) == []  # no `s3:` folder, nothing else either
+
+
+def test_train_refuses_a_scheme_without_filesystem_before_writing(tmp_path):
+    """run.dir takes s3:// (tests/test_object_store.py); a scheme pyarrow has no filesystem for is
+    one line, nothing written, no secret shown."""
+    res = _cli(tmp_path, "train", "--config", str(REPO / "configs/tiny.yaml"), f"run.dir={S3.replace('s3://', 'ftp://')}")
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "command line: run.dir: ftp://bucket/runs?...: no filesystem for ftp://" in lines[0]
+    assert SECRET not in res.stdout + res.stderr
+    assert list(tmp_path.iterdir()) == []

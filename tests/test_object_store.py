@@ -121,6 +121,23 @@ def test_registry_cli_add_promote_rollback_list(s3, runs, capsys):
     assert CREDS["AWS_SECRET_ACCESS_KEY"] not in err
 
 
+def test_registry_add_takes_a_run_in_the_bucket(s3, runs, capsys):
+    """`rayft registry add run=s3://...` (a run trained with run.dir=s3://...): copied down,
+    re-hashed, registered; a prefix without report.json is one line."""
+    from rayft import objstore
+    loc = objstore.filesystem(_uri(s3, "runs-made/r5"))
+    for name in ("report.json", "adapter", "tokenizer"):
+        objstore.upload(str(runs[5] / name), loc, name)
+    uri = _uri(s3, "reg-from-bucket")
+    assert main(["registry", "add", f"uri={uri}", f"run={_uri(s3, 'runs-made/r5')}"]) == 0
+    v = capsys.readouterr().out.strip().splitlines()[-1]
+    m = Registry(uri).verify(v)
+    assert m["artifact_digest"] == Registry(uri).register(runs[5])["artifact_digest"]  # same artifacts
+    assert main(["registry", "add", f"uri={uri}", f"run={_uri(s3, 'runs-made/nothing')}"]) == 2
+    err = capsys.readouterr().err
+    assert "no report.json" in err and len(err.strip().splitlines()) == 1
+
+
 def test_serving_reads_the_s3_registry(s3, runs, tmp_path, monkeypatch):
     """What `rayft serve` does with a registry: the Router reads the champion alias (hot swap
     by polling), and each replica fetches a version into its cache, sha256-checked."""
@@ -222,3 +239,117 @@ def test_two_processes_promoting_at_once_lose_nothing(s3, runs):
     assert [m["version"] for m in reg.versions()] == vs
     for v in vs:
         reg.verify(v)
+
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "src/rayft/assets/samples/subtitle_pairs.jsonl"
+
+
+def test_run_dir_staging_pull_and_push(s3, tmp_path, monkeypatch):
+    """The driver side of run.dir=s3://... without Ray: the newest checkpoint with a state.json
+    (a half-written newer one is ignored) and metrics.jsonl come down into an empty staging
+    directory; push copies the run up, report.json last and naming the bucket."""
+    from rayft import objstore
+    from rayft.config import load
+    from rayft.train import remote
+    from rayft.train.config import TrainConfig
+
+    monkeypatch.setenv("RAYFT_CACHE", str(tmp_path / "cache"))
+    uri = _uri(s3, "runs-unit")
+    cfg = load(TrainConfig, REPO / "configs/tiny.yaml", [f"run.dir={uri}", "run.name=r"])
+    loc = remote.location(cfg)
+    assert loc.shown == f"s3://{BUCKET}/runs-unit/r"
+    assert remote.storage(cfg, tmp_path) == {"storage_path": f"{BUCKET}/runs-unit/r", "storage_filesystem": loc.fs}
+    src = tmp_path / "src"
+    for step in (2, 4):
+        (src / f"step_{step:07d}" / "adapter").mkdir(parents=True)
+        (src / f"step_{step:07d}" / "state.json").write_text(json.dumps({"step": step}))
+        (src / f"step_{step:07d}" / "adapter" / "a.safetensors").write_bytes(b"x" * step)
+    (src / "step_0000006").mkdir()  # no state.json: not a usable checkpoint
+    (src / "step_0000006" / "optimizer.safetensors").write_bytes(b"partial")
+    objstore.upload(str(src), loc, "checkpoints")
+    (src / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    objstore.upload(str(src / "metrics.jsonl"), loc, "metrics.jsonl")
+
+    staging = remote.local_run_dir(cfg)
+    assert staging.parent.parent == tmp_path / "cache" / "runs"
+    staging.mkdir(parents=True)
+    assert remote.pull(cfg, staging) == "step_0000004"
+    assert sorted(p.name for p in (staging / "checkpoints").iterdir()) == ["step_0000004"]
+    assert (staging / "checkpoints/step_0000004/adapter/a.safetensors").read_bytes() == b"xxxx"
+    assert (staging / "metrics.jsonl").read_text() == '{"step": 1, "loss": 2.0}\n'
+
+    (staging / "adapter").mkdir()
+    (staging / "adapter" / "adapter_model.safetensors").write_bytes(b"final")
+    (staging / "workers").mkdir()
+    (staging / "workers" / "rank0.pid").write_text("1")
+    (staging / "report.json").write_text(json.dumps({"run_dir": str(staging), "checkpoint": "local"}))
+    assert remote.push(cfg, staging) == loc.shown
+    keys = _keys(s3, "runs-unit/r/")
+    assert "runs-unit/r/adapter/adapter_model.safetensors" in keys and "runs-unit/r/report.json" in keys
+    assert not any("/workers/" in k for k in keys)
+    rep = json.loads(s3[1].get_object(Bucket=BUCKET, Key="runs-unit/r/report.json")["Body"].read())
+    assert rep["run_dir"] == loc.shown and rep["checkpoint"] == f"{loc.shown}/checkpoints/step_0000004"
+    # run.overwrite: the run in the bucket goes too
+    assert remote.pull(cfg, staging, overwrite=True) is None
+    assert _keys(s3, "runs-unit/r/") == []
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_train_run_dir_on_s3_checkpoints_publishes_and_resumes(s3, ray_session, tmp_path, monkeypatch, capsys):
+    """`rayft train run.dir=s3://...`: Ray Train writes the checkpoints into the bucket, the
+    report and adapter are published there, and a rerun (with an empty local cache, as on
+    another machine) resumes from the bucket's checkpoint."""
+    monkeypatch.chdir(tmp_path)  # nothing may land in a local folder literally named "s3:"
+    uri = _uri(s3, "runs")
+    args = ["train", "--config", str(REPO / "configs/tiny.yaml"), f"run.dir={uri}", "run.name=tiny-s3",
+            f"data.path={SAMPLES}", "generate.prompt=", "train.max_steps=4", "train.checkpoint_every=2",
+            "train.log_every=1", "scaling.num_workers=1"]
+    assert main([*args, "train.stop_after_steps=2"]) == 0
+    out1 = capsys.readouterr()
+    shown = f"s3://{BUCKET}/runs/tiny-s3"
+    assert out1.out.strip().splitlines()[-1] == shown
+    keys = _keys(s3, "runs/tiny-s3/")
+    assert "runs/tiny-s3/checkpoints/step_0000002/state.json" in keys
+    assert "runs/tiny-s3/checkpoints/step_0000002/adapter/adapter_model.safetensors" in keys
+    rep1 = json.loads(s3[1].get_object(Bucket=BUCKET, Key="runs/tiny-s3/report.json")["Body"].read())
+    assert rep1["steps"] == 2 and not rep1["finished"] and rep1["run_dir"] == shown
+    assert rep1["checkpoint"] == f"{shown}/checkpoints/step_0000002"
+    assert not any(p.name.startswith("s3") for p in tmp_path.iterdir())
+
+    # the rerun starts from an empty staging directory: what it resumes from is in the bucket
+    from rayft.config import load
+    from rayft.train.config import TrainConfig
+    from rayft.train.remote import local_run_dir
+    staging = local_run_dir(load(TrainConfig, REPO / "configs/tiny.yaml", [f"run.dir={uri}", "run.name=tiny-s3"]))
+    assert staging.is_dir() and "s3:" not in str(staging)
+    import shutil
+    shutil.rmtree(staging)
+    assert main(args) == 0
+    out2 = capsys.readouterr()
+    assert out2.out.strip().splitlines()[-1] == shown
+    assert "resuming from step 2" in out2.err
+    keys = _keys(s3, "runs/tiny-s3/")
+    for k in ("report.json", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
+              "tokenizer/tokenizer.json", "metrics.jsonl", "config.yaml", "checkpoints/step_0000004/state.json"):
+        assert f"runs/tiny-s3/{k}" in keys, k
+    rep = json.loads(s3[1].get_object(Bucket=BUCKET, Key="runs/tiny-s3/report.json")["Body"].read())
+    assert rep["finished"] and rep["steps"] == 4 and rep["resumed_from_step"] == 2
+    assert rep["checkpoint"] == f"{shown}/checkpoints/step_0000004"
+    metrics = [json.loads(x) for x in s3[1].get_object(Bucket=BUCKET, Key="runs/tiny-s3/metrics.jsonl")[
+        "Body"].read().decode().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4]
+    secret = CREDS["AWS_SECRET_ACCESS_KEY"]
+    assert secret not in out1.out + out1.err + out2.out + out2.err + json.dumps(rep)
+    # train -> bucket -> registry -> what serving fetches
+    reg_uri = _uri(s3, "reg-trained")
+    assert main(["registry", "add", f"uri={reg_uri}", f"run={_uri(s3, 'runs/tiny-s3')}"]) == 0
+    v = capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(["registry", "promote", f"uri={reg_uri}", f"version={v}", "force=true"]) == 0
+    capsys.readouterr()
+    m, local = Registry(reg_uri, cache_dir=tmp_path / "cache").fetch("champion")
+    assert m["version"] == v and m["kind"] == "lora"
+    assert (local / "adapter/adapter_model.safetensors").exists()
+    assert not any(p.name.startswith("s3") for p in tmp_path.iterdir())

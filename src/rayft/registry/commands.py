@@ -9,6 +9,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from ..config import ConfigError, FsPath, Section, opt
@@ -21,7 +22,7 @@ class RegistryConfig(Section):
     name: str = opt("default", "model line inside the registry (e.g. default, en, zh)")
     version: str = opt("", "version id (v{unix_ts}_{hash4}) or alias (champion, previous); "
                        "show defaults to champion")
-    run: str = opt("", "add: run directory written by `rayft train`")
+    run: str = opt("", "add: run directory written by `rayft train` (a local path, or its s3://... URI)")
     eval: str = opt("", "add: eval.json from `rayft eval` (default <run>/eval.json when it exists)")
     force: bool = opt(False, "promote a version that did not pass the gate against the current champion")
     keep_best: int = opt(0, "cleanup (and after add/promote): keep the N best-scoring versions; "
@@ -108,6 +109,10 @@ def run_add(cfg: RegistryConfig) -> str:
     another run's gate decision is refused."""
     if not cfg.run:
         raise ConfigError("run is required: the run directory printed by `rayft train`")
+    from .. import objstore
+    if objstore.is_remote(cfg.run):
+        with tempfile.TemporaryDirectory(prefix="rayft-run-") as tmp:
+            return run_add(cfg.model_copy(update={"run": _fetch_run(cfg.run, Path(tmp))}))
     run = Path(os.path.expanduser(cfg.run))
     if not run.is_dir():
         raise ConfigError(f"run: {run} is not a directory (the run directory printed by `rayft train`)")
@@ -120,6 +125,24 @@ def run_add(cfg: RegistryConfig) -> str:
         m = reg.register(run, ev)
         reg.cleanup(cfg.keep_best)
     return m["version"]
+
+
+def _fetch_run(uri: str, dest: Path) -> str:
+    """A finished run in object storage (``rayft train run.dir=s3://...``) copied to ``dest``:
+    report.json, adapter/ or model/, tokenizer/ and eval.json (never the checkpoints). The
+    registry re-hashes what it uploads, so nothing here is trusted beyond what a local run is."""
+    from .. import objstore
+    try:
+        loc = objstore.filesystem(uri)
+        names = objstore.list_dir(loc)
+        if "report.json" not in names:
+            raise ConfigError(f"run: {objstore.shown(uri)}: no report.json (is this a finished `rayft train` run?)")
+        for name in ("report.json", "eval.json", "adapter", "model", "tokenizer"):
+            if name in names:
+                objstore.download(loc, name, str(dest / name))
+    except OSError as e:
+        raise ConfigError(f"run: {objstore.shown(uri)}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return str(dest)
 
 
 def _aliases_line(reg: Registry, a: dict) -> str:

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import ValidationInfo, model_validator
 
-from ..config import ConfigError, LocalPath, Section, complete, opt, section
+from ..config import ConfigError, FsPath, Section, complete, opt, section
 from ..data.formats import FORMATS
 from ..tracking.config import TRACKING_HELP, MlflowSection, WandbSection
 from ..tracking.config import Backend as TrackingBackend
@@ -16,7 +16,9 @@ DataFormat = Literal[("auto", *FORMATS)]  # type: ignore[valid-type]
 
 
 class RunSection(Section):
-    dir: LocalPath = opt("runs", "parent directory of run directories (local path)")
+    dir: FsPath = opt("runs", "parent directory of run directories: a local path or a pyarrow.fs URI, e.g. "
+                      "s3://bucket/runs?endpoint_override=host:9000&scheme=http (checkpoints go there through "
+                      "Ray Train; credentials from the AWS environment variables)")
     name: str = opt("train", "run name; the run directory is run.dir/run.name. Rerunning the same "
                     "name resumes from its latest checkpoint instead of starting over")
     seed: int = opt(0, "seed for model init, data order, dropout and the train/val split")

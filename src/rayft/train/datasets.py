@@ -9,7 +9,6 @@ worker; ``PreSplit`` hands worker i its piece. `rayft sweep` calls the same thre
 """
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,9 @@ class Prepared:
 
 
 def run_dir_of(cfg: TrainConfig) -> Path:
-    return Path(os.path.expanduser(cfg.run.dir)) / cfg.run.name
+    """The run directory on the driver (for run.dir=s3://..., its local staging copy)."""
+    from .remote import local_run_dir
+    return local_run_dir(cfg)
 
 
 def check_inputs(cfg: TrainConfig) -> str:

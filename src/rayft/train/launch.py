@@ -77,9 +77,11 @@ def training_failed(cfg: TrainConfig, p: Prepared, error: BaseException, wall: f
         "error_type": type(error).__name__, "logs": {"ray_session": logs, "metrics": str(p.run_dir / "metrics.jsonl")},
         "last_checkpoint": str(ck) if ck else None, "resumed_from_step": start_step or None,
         "wall_s": wall, "config": to_dict(cfg), "command": " ".join(sys.argv)})
+    from .remote import push
+    remote = push(cfg, p.run_dir)  # run.dir=s3://...: report.json (and metrics) into the bucket
     return TrainingFailed(f"training failed: {cause} | last checkpoint: {ck or 'none'} (a rerun resumes "
                           f"from it) | worker logs: {logs or 'the Ray session logs'} | report: "
-                          f"{p.run_dir / 'report.json'}")
+                          f"{remote + '/report.json' if remote else p.run_dir / 'report.json'}")
 
 
 def _ray_logs_dir() -> str | None:
@@ -121,6 +123,8 @@ def open_run_dir(cfg: TrainConfig, p: Prepared) -> int:
     if cfg.run.overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    from .remote import pull
+    pull(cfg, run_dir, overwrite=cfg.run.overwrite)  # run.dir=s3://...: the bucket's newest checkpoint
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
     write_jsonl(run_dir / "rejects.jsonl", p.read.rejects)
     prev = latest_checkpoint_dir(run_dir)
@@ -142,6 +146,7 @@ def fit(cfg: TrainConfig, p: Prepared, datasets: tuple | None = None, callbacks:
 
     from .loop import train_loop_per_worker
     from .preflight import preflight
+    from .remote import pull, storage
 
     checked = checked if checked is not None else preflight(cfg, p.source, p.run_dir.resolve())
     check_resources(cfg)
@@ -156,7 +161,7 @@ def fit(cfg: TrainConfig, p: Prepared, datasets: tuple | None = None, callbacks:
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker=res),
         run_config=RunConfig(
-            name="checkpoints", storage_path=str(p.run_dir.resolve()),
+            name="checkpoints", **storage(cfg, p.run_dir),  # run.dir=s3://...: Ray Train writes to the bucket
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             # DeepSpeed picks its accelerator from DS_ACCELERATOR: decided by the WORKERS' device,
@@ -170,10 +175,12 @@ def fit(cfg: TrainConfig, p: Prepared, datasets: tuple | None = None, callbacks:
     bar = Progress(p.run_dir / "metrics.jsonl", cfg.train.max_steps, start_step)
     bar.start()
     try:
-        return trainer.fit()
+        result = trainer.fit()
     finally:
         bar.stop_evt.set()
         bar.join(timeout=5)
+    pull(cfg, p.run_dir)  # run.dir=s3://...: mirror the newest checkpoint (published or named on failure)
+    return result
 
 
 def check_resources(cfg: TrainConfig) -> None:

@@ -21,6 +21,7 @@ class TrainingDiverged(ConfigError):
 def publish(cfg: TrainConfig, p: Prepared, checked, wall_s: float, start_step: int) -> str:
     """Everything after training, in order; returns the run directory."""
     from .checkpoint import latest_checkpoint_dir, read_state
+    from .remote import push
 
     run_dir = p.run_dir
     rows = read_jsonl(run_dir / "metrics.jsonl")
@@ -44,6 +45,7 @@ def publish(cfg: TrainConfig, p: Prepared, checked, wall_s: float, start_step: i
     if diverged:
         report["finished"] = False
         atomic_write_json(run_dir / "report.json", report)
+        push(cfg, run_dir)
         raise TrainingDiverged(f"{diverged['message']} (guard.max_rollbacks={cfg.guard.max_rollbacks}); "
                                f"last healthy checkpoint: {ck or 'none'}; try a lower train.lr. "
                                f"Report: {run_dir / 'report.json'}")
@@ -55,6 +57,7 @@ def publish(cfg: TrainConfig, p: Prepared, checked, wall_s: float, start_step: i
         print(f"[rayft] sample prompt: {cfg.generate.prompt}\n[rayft] answer (reloaded from {run_dir / sub}): "
               f"{report['sample']['answer']}", file=sys.stderr)
     atomic_write_json(run_dir / "report.json", report)
+    remote = push(cfg, run_dir)  # run.dir=s3://...: published into the bucket, report.json last
     print(f"[rayft] loss {report['loss_first']:.4f} -> {report['loss_last']:.4f} | val loss "
           f"{_f(report['val_loss_start'])} -> {_f(report['val_loss'])} | {report['tokens_per_s']:.0f} tokens/s | "
           f"peak RSS per worker {', '.join(f'{x:.0f}' for x in report['peak_rss_mb'])} MB | "
@@ -65,7 +68,7 @@ def publish(cfg: TrainConfig, p: Prepared, checked, wall_s: float, start_step: i
         st = state["stopped"]
         raise MemoryBudgetError(stop_message(st["rank"], st["rss_mb"] * 2**20, st["budget_gb"], st["stop_fraction"],
                                              state["step"], str(ck)))
-    return str(run_dir)
+    return remote or str(run_dir)
 
 
 def copy_into_place(src: Path, dst: Path) -> None:

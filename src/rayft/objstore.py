@@ -1,0 +1,122 @@
+"""Locations that are not a local disk: ``pyarrow.fs`` URIs such as ``s3://bucket/prefix``.
+
+The URI is pyarrow's spelling (``s3://bucket/prefix?endpoint_override=127.0.0.1:9000&scheme=http
+&region=...``); what it does not say comes from the usual AWS environment (AWS_ENDPOINT_URL,
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_DEFAULT_REGION / AWS_REGION,
+then the SDK's own chain: profiles, instance roles).
+
+``filesystem(uri)`` builds the ``pyarrow.fs`` filesystem with the endpoint and any credentials
+found on THIS machine written into it, so the object can be handed to Ray (Ray Train's
+``storage_filesystem`` is pickled to the controller and the workers, whose environment may not
+carry the variables). Whole trees move with ``pyarrow.fs.copy_files``.
+
+Secrets are never shown: ``shown(uri)`` drops ``user:password@`` and the query string.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pyarrow.fs as pafs
+
+from .config import uri_scheme
+
+
+def is_remote(location: str) -> bool:
+    """A ``scheme://`` location other than ``file://`` (plain paths and file:// are local)."""
+    return uri_scheme(location) not in (None, "file")
+
+
+def shown(uri: str) -> str:
+    """``uri`` as it may appear in output: no ``user:password@``, no ``?query``."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    rest = rest.partition("?")[0]
+    host, slash, path = rest.partition("/")
+    return f"{scheme}://{host.rpartition('@')[2]}{slash}{path}"
+
+
+def _query(uri: str) -> dict[str, str]:
+    return {k: v[-1] for k, v in parse_qs(urlsplit(uri).query).items()}
+
+
+@dataclass(frozen=True)
+class Location:
+    """One remote directory: its filesystem, the path inside it (``bucket/prefix``) and the
+    URI it came from (``shown`` for output)."""
+    fs: pafs.FileSystem
+    path: str
+    uri: str
+
+    @property
+    def shown(self) -> str:
+        return shown(self.uri)
+
+    def child(self, name: str) -> "Location":
+        scheme, _, rest = self.uri.partition("://")
+        base, q, query = rest.partition("?")
+        return Location(self.fs, f"{self.path}/{name}", f"{scheme}://{base.rstrip('/')}/{name}{q}{query}")
+
+
+def filesystem(uri: str) -> Location:
+    """The pyarrow filesystem and path of ``uri``. For ``s3://`` the endpoint, region and
+    credentials (URI first, then the environment) are written into the filesystem object."""
+    u = urlsplit(uri)
+    if u.scheme.lower() != "s3":
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return Location(fs, path.rstrip("/"), uri)
+    q = _query(uri)
+    kw: dict = {}
+    ep = q.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if ep:
+        if "://" in ep:
+            scheme, _, ep = ep.partition("://")
+            kw["scheme"] = scheme
+        kw["endpoint_override"] = ep.rstrip("/")
+    if q.get("scheme"):
+        kw["scheme"] = q["scheme"]
+    region = q.get("region") or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    if region:
+        kw["region"] = region
+    key = q.get("access_key") or (unquote(u.username) if u.username else None) or os.environ.get("AWS_ACCESS_KEY_ID")
+    secret = (q.get("secret_key") or (unquote(u.password) if u.password else None)
+              or os.environ.get("AWS_SECRET_ACCESS_KEY"))
+    if key and secret:
+        kw.update(access_key=key, secret_key=secret,
+                  session_token=q.get("session_token") or os.environ.get("AWS_SESSION_TOKEN") or None)
+    host = u.hostname or ""
+    return Location(pafs.S3FileSystem(**kw), f"{host}{u.path}".rstrip("/"), uri)
+
+
+def exists(loc: Location, rel: str = "") -> bool:
+    p = f"{loc.path}/{rel}" if rel else loc.path
+    return loc.fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def list_dir(loc: Location, rel: str = "") -> list[str]:
+    p = f"{loc.path}/{rel}" if rel else loc.path
+    sel = pafs.FileSelector(p, allow_not_found=True, recursive=False)
+    return sorted(i.base_name for i in loc.fs.get_file_info(sel))
+
+
+def download(loc: Location, rel: str, local: str) -> None:
+    """Copy the remote file or tree ``rel`` to the local path ``local``."""
+    src = f"{loc.path}/{rel}" if rel else loc.path
+    info = loc.fs.get_file_info(src)
+    os.makedirs(local if info.type == pafs.FileType.Directory else os.path.dirname(local) or ".", exist_ok=True)
+    pafs.copy_files(src, local, source_filesystem=loc.fs, destination_filesystem=pafs.LocalFileSystem())
+
+
+def upload(local: str, loc: Location, rel: str) -> None:
+    """Copy the local file or tree ``local`` to ``rel`` (a single PUT per file: readers see a
+    whole object or none)."""
+    pafs.copy_files(local, f"{loc.path}/{rel}", source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=loc.fs)
+
+
+def delete_dir(loc: Location, rel: str = "") -> None:
+    p = f"{loc.path}/{rel}" if rel else loc.path
+    if loc.fs.get_file_info(p).type == pafs.FileType.Directory:
+        loc.fs.delete_dir(p)
