@@ -119,6 +119,12 @@ def test_registry_cli_add_promote_rollback_list(s3, runs, capsys):
     err = capsys.readouterr().err
     assert "no such registry" in err and "Traceback" not in err
     assert CREDS["AWS_SECRET_ACCESS_KEY"] not in err
+    # keys in the URI itself (pyarrow's key:secret@bucket) are never echoed either
+    keyed = f"s3://{CREDS['AWS_ACCESS_KEY_ID']}:{CREDS['AWS_SECRET_ACCESS_KEY']}@{BUCKET}/nothing?endpoint_override={s3[0]}&scheme=http"
+    assert main(["registry", "list", f"uri={keyed}"]) == 2
+    err = capsys.readouterr().err
+    assert f"registry s3://{BUCKET}/nothing: no such registry" in err
+    assert CREDS["AWS_SECRET_ACCESS_KEY"] not in err and "Traceback" not in err
 
 
 def test_registry_add_takes_a_run_in_the_bucket(s3, runs, capsys):

@@ -63,7 +63,8 @@ def run_list(cfg: RegistryConfig) -> str:
             "version", "created", "kind", "score", "parent", "artifact_digest")} | {
             "decision": (m.get("eval") or {}).get("decision")} for m in vs]}, indent=2)
     if not vs:
-        return f"registry {cfg.uri} / {cfg.name}: no versions"
+        from ..objstore import shown
+        return f"registry {shown(cfg.uri)} / {cfg.name}: no versions"  # no keys from the URI
     tags = {}
     for alias in ("champion", "previous"):
         if a.get(alias):

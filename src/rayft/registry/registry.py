@@ -159,7 +159,8 @@ class Registry:
         """RegistryError (one line) when the registry root is missing: a mistyped path must not
         read as an empty registry ("no champion")."""
         if not self.exists():
-            raise RegistryError(f"registry {self.uri}: no such registry (the path does not exist; check "
+            from ..objstore import shown
+            raise RegistryError(f"registry {shown(self.uri)}: no such registry (the path does not exist; check "
                                 "registry.uri, or create it with `rayft registry add`)")
 
     def _read_json(self, rel: str, what: str):
