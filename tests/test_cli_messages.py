@@ -24,6 +24,9 @@ def recipe(tmp_path):
                           "'train.max_steps'?"),
     (["train.strategy=zero"], "command line: train.strategy: expected one of ['ddp', 'zero2', 'zero3'], got "
                               "'zero'; did you mean 'zero3'?"),
+    (["tracking=[tensorbord]"], "command line: tracking[0]: expected one of ['tensorboard', 'mlflow', 'wandb'], "
+                                "got 'tensorbord'; did you mean 'tensorboard'?"),
+    (["wandb.mode=onlin"], "did you mean 'online'?"),
     (["train.lr=-1"], "command line: train.lr: expected a number > 0, got -1"),
 ])
 def test_override_mistakes_blame_the_command_line(recipe, capsys, argv, expected):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import os
 import sys
 
 from pydantic import ValidationError
@@ -87,6 +88,9 @@ def _add_stage(sp, name: str, prog_name: str) -> None:
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", "-c", help="YAML config file (see configs/)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="show Ray's own output on the console too (also RAYFT_VERBOSE=1); by default it goes "
+                        "to the logs (train: <run dir>/logs/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override any config key (dotted)")
     p.set_defaults(stage=name)
     p._rayft_cfg = cfg_spec  # help text is built lazily in format_help
@@ -173,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.print_help()
         return 2
     fn_spec = STAGES[args.stage][1]
+    if args.verbose:
+        os.environ["RAYFT_VERBOSE"] = "1"
     from .data.formats import DataError
     try:
         cfg = stage_config(args.stage, args.config, args.overrides)

@@ -6,6 +6,8 @@ from typing import Literal
 from pydantic import ValidationInfo, model_validator
 
 from ..config import ConfigError, FsPath, LocalPath, Section, complete, opt, section
+from ..tracking.config import Backend as TrackingBackend
+from ..tracking.config import MlflowSection, WandbSection
 from ..data.formats import FORMATS
 from .gate import GateCfg
 
@@ -62,6 +64,11 @@ class EvalConfig(Section):
     gate: GateCfg = section(GateCfg, "promotion rules (defaults: the users' documented gate)")
     registry: EvalRegistry = section(EvalRegistry, "where accepted candidates are registered")
     ray: EvalResources = section(EvalResources, "Ray Data actors")
+    tracking: list[TrackingBackend] = opt([], "experiment trackers for the scores and the gate decision "
+                                          "(tensorboard | mlflow | wandb): logged to the candidate's tracked "
+                                          "training run (its tracking.json), else to a new run named after it")
+    mlflow: MlflowSection = section(MlflowSection, "MLflow settings (tracking=[mlflow])")
+    wandb: WandbSection = section(WandbSection, "Weights & Biases settings (tracking=[wandb])")
 
     @model_validator(mode="after")
     def _rules(self, info: ValidationInfo):

@@ -144,6 +144,8 @@ def run_eval(cfg: EvalConfig) -> str:
             report["registry_error"] = str(e)
     report["wall_s"] = time.time() - t0
     atomic_write_json(out, report)
+    from ..tracking import log_eval
+    log_eval(cfg, Path(cfg.candidate), report, out)  # tracking=[...]: scores + gate on the candidate's run
     for line in decision["reasons"]:
         print(f"[rayft]   {line}", file=sys.stderr)
     print(f"[rayft] decision: {decision['decision']}"

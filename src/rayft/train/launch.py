@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import threading
@@ -46,13 +47,28 @@ def run_training(cfg: TrainConfig, prepared: Prepared | None = None, datasets: t
     _env.apply()
     t_start = time.time()
     pl = plan(cfg, prepared)                                          # 1. plan
-    _env.ray_start(log_to_driver=True)
+    _env.ray_start(log_to_driver=True, log_dir=pl.run_dir / "logs")
+    if not _env.verbose():
+        import ray.data
+        ray.data.DataContext.get_current().enable_progress_bars = False  # one bar: training's
     p = prepared if prepared is not None else prepare(cfg, source=pl.source)  # 2. data (Ray Data read)
     start_step = open_run_dir(cfg, p)
-    result = fit(cfg, p, datasets, callbacks, pl.checked, start_step)  # 3. fit
-    if result.error:
-        raise training_failed(cfg, p, result.error, time.time() - t_start, start_step)
-    return publish(cfg, p, pl.checked, time.time() - t_start, start_step)  # 4. publish
+    if not _env.verbose():
+        _env.quiet_ray(p.run_dir / "logs")  # (again: run.overwrite recreated the run dir)
+        _env.link_session_logs(p.run_dir / "logs")
+    from .. import tracking
+    tracker = tracking.start(cfg, p.run_dir, cfg.run.name, resumed=start_step > 0)  # tracking=[...]
+    tracker.follow(p.run_dir / "metrics.jsonl")
+    ok = False
+    try:
+        result = fit(cfg, p, datasets, callbacks, pl.checked, start_step)  # 3. fit
+        if result.error:
+            raise training_failed(cfg, p, result.error, time.time() - t_start, start_step)
+        out = publish(cfg, p, pl.checked, time.time() - t_start, start_step)  # 4. publish
+        ok = True
+        return out
+    finally:
+        tracker.finish(p.run_dir, ok)
 
 
 class TrainingFailed(ConfigError):
@@ -208,27 +224,58 @@ def compact_malloc(cfg: TrainConfig) -> bool:
 
 
 class Progress(threading.Thread):
-    """Driver-side progress bar fed by the metrics rank 0 appends to metrics.jsonl."""
+    """Driver-side progress bar fed by the metrics rank 0 appends to metrics.jsonl; guard events
+    are printed above it. On a non-interactive terminal (a job log) a line every ``LINE_EVERY_S``
+    seconds instead of a redrawn bar."""
+
+    LINE_EVERY_S = 30.0
 
     def __init__(self, path: Path, total: int, start: int):
         super().__init__(daemon=True)
         from tqdm import tqdm
 
         self.path, self.stop_evt = path, threading.Event()
+        self.tty = sys.stderr.isatty()
         self.bar = tqdm(total=total, initial=start, desc="train", unit="step", file=sys.stderr,
-                        dynamic_ncols=True, mininterval=0.5)
+                        dynamic_ncols=True, mininterval=0.5 if self.tty else self.LINE_EVERY_S,
+                        disable=not self.tty)
+        self.events_seen = {json.dumps(r, sort_keys=True) for r in read_jsonl(path) if "event" in r}
+        self.t_line, self.line_step = time.time(), start
 
     def run(self) -> None:
         while not self.stop_evt.wait(1.0):
             self.update()
         self.update()
+        if not self.tty:
+            rows = [r for r in read_jsonl(self.path) if "loss" in r]
+            if rows:
+                self.line(rows[-1], final=True)
         self.bar.close()
 
     def update(self) -> None:
-        rows = [r for r in read_jsonl(self.path) if "loss" in r]
-        if rows:
+        all_rows = read_jsonl(self.path)
+        if not _env.verbose():  # (with --verbose rank 0's own print shows them)
+            for ev in (r for r in all_rows if "event" in r):
+                key = json.dumps(ev, sort_keys=True)
+                if key not in self.events_seen:
+                    self.events_seen.add(key)
+                    self.bar.write(f"[rayft] guard: {ev.get('message', ev['event'])}", file=sys.stderr)
+        rows = [r for r in all_rows if "loss" in r]
+        if rows and not self.tty:
+            self.line(rows[-1])
+        elif rows:
             last = rows[-1]
             self.bar.n = min(last["step"], self.bar.total)
             self.bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.2e}",
                                  tok_s=f"{last['tokens_per_s']:.0f}", refresh=False)
             self.bar.refresh()
+
+    def line(self, last: dict, final: bool = False) -> None:
+        now = time.time()
+        if last["step"] == self.line_step or (not final and now - self.t_line < self.LINE_EVERY_S):
+            return
+        rate = (last["step"] - self.line_step) / max(now - self.t_line, 1e-9)
+        eta = (self.bar.total - last["step"]) / rate if rate > 0 else 0
+        print(f"[rayft] train step {last['step']}/{self.bar.total} | loss {last['loss']:.3f} | lr {last['lr']:.2e} "
+              f"| {last['tokens_per_s']:.0f} tokens/s | ETA {eta:.0f} s", file=sys.stderr, flush=True)
+        self.t_line, self.line_step = now, last["step"]
