@@ -41,7 +41,7 @@ def _rows(t0: float, steps: range, loss0: float = 2.0) -> list[dict]:
              "tokens": 10, "window_s": 0.1, "peak_rss_mb": [500.0 + s, 510.0 + s], "time": t0 + s} for s in steps]
 
 
-def test_tracker_logs_to_all_three_and_resumes(tmp_path, wandb_env):
+def test_tracker_logs_to_all_three_and_resumes(tmp_path, wandb_env, capsys):
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -86,6 +86,8 @@ def test_tracker_logs_to_all_three_and_resumes(tmp_path, wandb_env):
     assert "guard/text_summary" in acc.Tags()["tensors"]
     offline = sorted((run_dir / "wandb").glob(f"offline-run-*-{state['wandb']['id']}"))
     assert len(offline) == 2 and all((d / f"run-{state['wandb']['id']}.wandb").is_file() for d in offline)
+    out, err = capsys.readouterr()
+    assert "View run" not in out and "wandb:" not in out + err  # stdout is for the run directory
 
 
 def test_server_going_away_is_dropped_with_a_warning(tmp_path, capsys):
@@ -113,3 +115,32 @@ def test_unreachable_server_refuses_the_start(tmp_path):
     with pytest.raises(ConfigError, match=r"tracking: cannot start mlflow"):
         tracking.start(_cfg(run_dir, f"http://127.0.0.1:{free_port()}", ["tensorboard", "mlflow"]), run_dir, "r3")
     assert time.time() - t < 90
+
+
+def test_sweep_trials_are_children_of_the_sweep_run(tmp_path):
+    """`rayft sweep` with tracking=[mlflow] in its recipe: one parent run for the sweep (its config as
+    params), each trial's run (<sweep dir>/trials/<id>) a child of it (MLflow's parentRunId tag)."""
+    from mlflow.tracking import MlflowClient
+
+    from rayft import tracking
+    from rayft.tune.config import SweepConfig
+
+    sweep_dir = tmp_path / "sweeps" / "s1"
+    trial_dir = sweep_dir / "trials" / "t_00000"
+    trial_dir.mkdir(parents=True)
+    with mlflow_server(tmp_path / "server") as url:
+        base = _cfg(trial_dir, url, ["mlflow", "tensorboard"])
+        scfg = from_dict(SweepConfig, {"space": {"train.lr": {"choice": [1e-3, 1e-2]}}})
+        parent = tracking.start(base, sweep_dir, "s1", kind="sweep", params_of=scfg)
+        assert [b.name for b in parent.backends] == ["mlflow"]  # no TensorBoard dir for the parent
+        child = tracking.start(base, trial_dir, "t_00000")
+        child.rows(_rows(time.time(), range(1, 3)))
+        child.finish(trial_dir, ok=True)
+        parent.finish(sweep_dir, ok=True, extra={"best_trial": "t_00000", "best_val_loss": 1.5})
+        client = MlflowClient(tracking_uri=url)
+        pid = json.loads((sweep_dir / "tracking.json").read_text())["mlflow"]["run_id"]
+        cid = json.loads((trial_dir / "tracking.json").read_text())["mlflow"]["run_id"]
+        prun, crun = client.get_run(pid), client.get_run(cid)
+        assert crun.data.tags["mlflow.parentRunId"] == pid and crun.data.tags["rayft.sweep"] == "s1"
+        assert prun.data.tags["rayft.stage"] == "sweep" and prun.data.params["space.train.lr.choice"] == "[0.001, 0.01]"
+        assert prun.data.metrics["final/best_val_loss"] == 1.5 and prun.info.status == "FINISHED"

@@ -168,10 +168,12 @@ class Tracker:
         self._each("close", lambda b: b.close(ok))
         self.backends = []
 
-    def save_state(self) -> None:
+    def save_state(self, extra: dict | None = None) -> None:
         if self.state_path is None:
             return
-        state: dict = {"last_time": self.last_time}
+        if extra:
+            self.state_extra = extra
+        state: dict = {"last_time": self.last_time, **getattr(self, "state_extra", {})}
         for b in self.backends:
             try:
                 state[b.name] = b.state()
@@ -204,11 +206,14 @@ def _read_json(p: Path) -> dict:
 
 
 def start(cfg: Any, run_dir: Path, run_name: str | None = None, resumed: bool = False,
-          kind: str = "train", tags: dict[str, str] | None = None, params_prefix: str = "") -> Tracker:
+          kind: str = "train", tags: dict[str, str] | None = None, params_prefix: str = "",
+          params_of: Any = None) -> Tracker:
     """A Tracker with the backends ``cfg.tracking`` lists, its params logged (under
     ``params_prefix``). ``resumed``: the run directory holds an earlier launch of this run (or,
     for eval, the candidate's training); the tracked runs in its tracking.json continue."""
     names = list(dict.fromkeys(getattr(cfg, "tracking", None) or []))
+    if kind == "sweep":  # the parent of the trials' runs: MLflow only (TensorBoard/W&B group the trials)
+        names = [n for n in names if n == "mlflow"]
     if not names:
         return Tracker([])
     run_dir = Path(run_dir)
@@ -216,6 +221,11 @@ def start(cfg: Any, run_dir: Path, run_name: str | None = None, resumed: bool = 
     prev = _read_json(state_path) if resumed else {}
     name = run_name or run_dir.name
     tags = {"rayft.stage": kind, "rayft.run_dir": str(run_dir.resolve()), **(tags or {})}
+    sweep = _read_json(run_dir.parent.parent / "tracking.json") if kind == "train" else {}
+    if sweep.get("sweep"):  # a `rayft sweep` trial (<sweep dir>/trials/<id>): a child of the sweep's run
+        tags["rayft.sweep"] = sweep["sweep"]
+        if (sweep.get("mlflow") or {}).get("run_id"):
+            tags["mlflow.parentRunId"] = sweep["mlflow"]["run_id"]
     backends: list[Backend] = []
     from ..config import ConfigError
     for n in names:
@@ -228,7 +238,8 @@ def start(cfg: Any, run_dir: Path, run_name: str | None = None, resumed: bool = 
                 backends.append(MlflowBackend(cfg.mlflow, run_dir, name, tags, prev.get("mlflow")))
             elif n == "wandb":
                 from .wandb_backend import WandbBackend
-                backends.append(WandbBackend(cfg.wandb, run_dir, name, tags, prev.get("wandb")))
+                backends.append(WandbBackend(cfg.wandb, run_dir, name, tags, prev.get("wandb"),
+                                             group=sweep.get("sweep")))
         except ImportError as e:
             for b in backends:
                 b.close(False)
@@ -243,8 +254,8 @@ def start(cfg: Any, run_dir: Path, run_name: str | None = None, resumed: bool = 
             msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
             raise ConfigError(f"tracking: cannot start {n}: {msg}") from None
     tr = Tracker(backends, state_path, float(prev.get("last_time") or 0.0))
-    tr.params(mask_secrets(to_dict(cfg), type(cfg)), params_prefix)
-    tr.save_state()
+    tr.params(mask_secrets(to_dict(params_of or cfg), type(params_of or cfg)), params_prefix)
+    tr.save_state({"sweep": name} if kind == "sweep" else None)
     print("[rayft] tracking: " + " | ".join(b.where() if hasattr(b, "where") else b.name for b in tr.backends),
           file=sys.stderr)
     return tr

@@ -34,6 +34,8 @@ class MlflowBackend:
         # default 7 retries with backoff (minutes); the user's own settings win.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        # "View run ... at <url>" on stdout at every end of a run: stdout is for the run directory
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         from .. import _env
         if not _env.verbose():  # "Creating initial MLflow database tables..." and alike: not for the console
             import logging

@@ -10,7 +10,8 @@ from typing import Any
 class WandbBackend:
     name = "wandb"
 
-    def __init__(self, sec: Any, run_dir: Path, run_name: str, tags: dict[str, str], prev: dict | None):
+    def __init__(self, sec: Any, run_dir: Path, run_name: str, tags: dict[str, str], prev: dict | None,
+                 group: str | None = None):
         import wandb
 
         self.run_dir = Path(run_dir).resolve()
@@ -20,7 +21,7 @@ class WandbBackend:
             project=sec.project, entity=sec.entity or None, name=run_name, dir=str(self.run_dir),
             mode=sec.mode, id=(prev or {}).get("id") or None, resume="allow" if prev else None,
             tags=[f"{k}={v}"[:64] for k, v in tags.items() if k == "rayft.stage"],
-            notes=tags.get("rayft.run_dir", ""), settings=settings, reinit="create_new")
+            notes=tags.get("rayft.run_dir", ""), group=group, settings=settings, reinit="create_new")
         # rayft's step is the x axis; a rollback or resume may log a step again (W&B's own
         # step counter must only grow, so it is not used)
         self.run.define_metric("step")

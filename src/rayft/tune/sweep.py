@@ -100,10 +100,30 @@ def run_sweep(scfg: SweepConfig) -> str:
     if scfg.sweep.overwrite and sweep_dir.exists():
         shutil.rmtree(sweep_dir)
     saved = sweep_dir / "sweep.json"
+    resumed_sweep = saved.is_file()
     if saved.is_file():
         check_resumable(plan, json.loads(saved.read_text()))
     data = _prepare_data(plan)  # checks every data variant, then starts Ray and reads with Ray Data
 
+    import ray
+
+    per_trial = trial_resources(plan.base_cfg, scfg.sweep.trial_cpus, scfg.sweep.trial_memory_gb)
+    concurrency = max_concurrency(per_trial, ray.cluster_resources(), scfg.sweep.max_concurrent)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(saved, plan.spec)
+    atomic_write_text(sweep_dir / "sweep.yaml", yaml.safe_dump(to_dict(scfg), sort_keys=False, allow_unicode=True))
+    from .. import tracking  # tracking=[mlflow] in the recipe: a parent run, the trials its children
+    parent = tracking.start(plan.base_cfg, sweep_dir, sweep_dir.name, resumed=resumed_sweep, kind="sweep",
+                            params_of=scfg)
+    try:
+        return _tune(scfg, plan, data, t0, per_trial, concurrency, parent)
+    except BaseException:
+        parent.finish(sweep_dir, ok=False)
+        raise
+
+
+def _tune(scfg: SweepConfig, plan, data: dict, t0: float, per_trial: dict, concurrency: int, parent) -> str:
+    """run_sweep from the trials on: Tune runs them, results.csv / sweep.png, the best trial."""
     import ray
     import ray.data
     from ray import tune
@@ -112,11 +132,7 @@ def run_sweep(scfg: SweepConfig) -> str:
     from .reaper import Reaper
     from .trial import run_trial
 
-    per_trial = trial_resources(plan.base_cfg, scfg.sweep.trial_cpus, scfg.sweep.trial_memory_gb)
-    concurrency = max_concurrency(per_trial, ray.cluster_resources(), scfg.sweep.max_concurrent)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(saved, plan.spec)
-    atomic_write_text(sweep_dir / "sweep.yaml", yaml.safe_dump(to_dict(scfg), sort_keys=False, allow_unicode=True))
+    sweep_dir = plan.sweep_dir
     # trials iterate these datasets; their progress bars would repeat in every trial's log
     ray.data.DataContext.get_current().enable_progress_bars = False
     shared = {}
@@ -162,6 +178,9 @@ def run_sweep(scfg: SweepConfig) -> str:
              "placement_groups_reaped": len(reaped),
              "wall_s": time.time() - t0, "best": best and best["trial_id"]}
     out = write_results(sweep_dir, rows, best, extra)
+    parent.artifacts([sweep_dir / "results.csv", sweep_dir / "sweep.png"])
+    parent.finish(sweep_dir, ok=bool(best), extra={"best_trial": best and best["trial_id"],
+                                                    "best_val_loss": best and best["val_loss"]})
     _print_table(rows, best)
     if not best:
         raise RuntimeError(f"no trial finished; see {sweep_dir / 'results.csv'}")
