@@ -27,6 +27,8 @@ def recipe(tmp_path):
     (["tracking=[tensorbord]"], "command line: tracking[0]: expected one of ['tensorboard', 'mlflow', 'wandb'], "
                                 "got 'tensorbord'; did you mean 'tensorboard'?"),
     (["wandb.mode=onlin"], "did you mean 'online'?"),
+    (["mlflow.uri=http://alice:pw123@127.0.0.1:5000"], "command line: mlflow.uri: http://127.0.0.1:5000 carries "
+                                                        "credentials; give them in MLFLOW_TRACKING_USERNAME/"),
     (["train.lr=-1"], "command line: train.lr: expected a number > 0, got -1"),
 ])
 def test_override_mistakes_blame_the_command_line(recipe, capsys, argv, expected):
@@ -34,7 +36,7 @@ def test_override_mistakes_blame_the_command_line(recipe, capsys, argv, expected
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert expected in err, err
-    assert recipe not in err and "Traceback" not in err
+    assert recipe not in err and "Traceback" not in err and "pw123" not in err
 
 
 def test_yaml_mistake_still_blames_the_file(tmp_path, capsys):

@@ -8,8 +8,7 @@ own library:
 * W&B: offline (files under <run dir>/wandb/, nothing sent), the run's records read back with
   wandb's own datastore reader.
 
-The run injects one NaN (guard.inject_nan_at) so a guard rollback event is tracked too, and
-its mlflow.uri carries user:password@ to show the logged params mask it.
+The run injects one NaN (guard.inject_nan_at) so a guard rollback event is tracked too.
 """
 from __future__ import annotations
 
@@ -43,7 +42,7 @@ def tracked_run(mlflow_server, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_"))}
     env.update(WANDB_MODE="offline", WANDB_CONFIG_DIR=str(home), WANDB_CACHE_DIR=str(home),
                WANDB_DATA_DIR=str(home), RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    uri = mlflow_server.replace("http://", "http://alice:s3cr3tpw@")
+    uri = mlflow_server
     cmd = [str(BIN / "rayft"), "train", "--config", "configs/tiny.yaml", f"run.dir={runs}", "run.name=tracked",
            "train.max_steps=4", "train.log_every=1", "train.checkpoint_every=4", "train.eval_every=2",
            "train.warmup_steps=0", "guard.inject_nan_at=[2]", "generate.prompt=",
@@ -75,8 +74,7 @@ def test_mlflow_server_has_the_run(tracked_run):
     params = run.data.params
     assert params["train.max_steps"] == "4" and params["model.name"] == "tiny-qwen2"
     assert params["lora.target_modules"].startswith('["q_proj"')
-    assert params["mlflow.uri"] == url.replace("http://", "http://***@")
-    assert not any("s3cr3tpw" in v for v in params.values()) and "s3cr3tpw" not in out
+    assert params["mlflow.uri"] == url
     # per-step metrics: every logged step (the ones before the rollback to step 0 too)
     loss = client.get_metric_history(run.info.run_id, "loss")
     assert {m.step for m in loss} == {1, 2, 3, 4}

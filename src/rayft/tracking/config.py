@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ..config import Section, opt
+from pydantic import field_validator
+
+from ..config import ConfigError, Section, _mask_text, _shown, opt
 
 Backend = Literal["tensorboard", "mlflow", "wandb"]
 
@@ -22,6 +24,16 @@ class MlflowSection(Section):
                    "(`mlflow ui --backend-store-uri` that). Credentials go in MLFLOW_TRACKING_TOKEN or "
                    "MLFLOW_TRACKING_USERNAME/PASSWORD, never here")
     experiment: str = opt("rayft", "tracking=[mlflow]: experiment name (created when missing)")
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        # the config is written to config.yaml and report.json and logged as params: no secrets in it
+        if _mask_text(v) != v:
+            raise ConfigError(f"mlflow.uri: {_shown(v)} carries credentials; give them in MLFLOW_TRACKING_USERNAME/"
+                              "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN instead (the config is written to "
+                              "the run directory and logged)")
+        return v
 
 
 class WandbSection(Section):
