@@ -163,7 +163,8 @@ class Tracker:
         summary["run_dir"] = str(run_dir.resolve())
         summary.update(extra or {})
         self.summary(summary)
-        self.artifacts([run_dir / "report.json", run_dir / "loss.png", run_dir / "config.yaml"])
+        self.artifacts([run_dir / "report.json", run_dir / "report.html", run_dir / "loss.png",
+                        run_dir / "config.yaml"])
         self.save_state()
         self._each("close", lambda b: b.close(ok))
         self.backends = []

@@ -40,7 +40,7 @@ class TensorBoardBackend:
 
             img = mpimg.imread(str(path))
             self.writer.add_image(path.stem, img[..., :3], self.last_step, dataformats="HWC")
-        elif path.suffix == ".json":
+        elif path.suffix in (".json", ".yaml"):
             self.writer.add_text(path.stem, "```\n" + path.read_text()[:60000] + "\n```", self.last_step)
 
     def summary(self, values: dict[str, Any]) -> None:

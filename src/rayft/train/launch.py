@@ -68,7 +68,18 @@ def run_training(cfg: TrainConfig, prepared: Prepared | None = None, datasets: t
         ok = True
         return out
     finally:
+        report_html(p.run_dir)
         tracker.finish(p.run_dir, ok)
+
+
+def report_html(run_dir: Path) -> None:
+    """report.html beside report.json (when there is one); a page that cannot be written is a warning."""
+    if (run_dir / "report.json").is_file():
+        from .report_html import write_report_html
+        try:
+            write_report_html(run_dir)
+        except Exception as e:  # noqa: BLE001 - the run's results are in report.json either way
+            print(f"[rayft] warning: report.html not written: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 class TrainingFailed(ConfigError):
