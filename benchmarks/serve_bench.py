@@ -9,6 +9,15 @@ LoRA adapter from the registry, greedy, ``--max-tokens`` new tokens, the same to
 count); the served side adds HTTP, the Serve proxy, the gateway (auth, validation,
 routing) and the DeploymentHandle hop to the multiplexed model replica.
 
+Issue 20: ``concurrency`` runs 1/4/8 (``--levels``) client threads against the served app
+(throughput vs the 1-client rate, p50/p99), ``ttft`` measures time-to-first-token of streamed
+requests (1 and 8 clients), and the hot swap runs with streaming clients beside the plain
+ones. ``--also-unbatched`` redeploys the app with ``max_batch_size=1`` and repeats the
+concurrency runs (before/after batching in the same run).
+
+    .venv/bin/python benchmarks/serve_bench.py --levels 1,4,8 --also-unbatched
+    .venv/bin/python benchmarks/serve_bench.py --model smollm2-135m-instruct --requests 48 --levels 1,8
+
 Optional ``--redeploy-baseline``: the same steady load across a Serve rolling update
 (redeploying the app with a changed replica config), the way a version change is done
 without aliases. Prints one JSON document; the numbers go to benchmarks/RESULTS.md.
@@ -113,6 +122,97 @@ def http_load(url: str, key: str, n: int, concurrency: int, max_tokens: int) -> 
     return lat, time.perf_counter() - t0, len(errors)
 
 
+def stream_once(s, url: str, body: dict) -> tuple[float, float, int]:
+    """One streamed chat request: (time to first content chunk, total time, content chunks)."""
+    t = time.perf_counter()
+    first, n = None, 0
+    with s.post(f"{url}/v1/chat/completions", json={**body, "stream": True}, stream=True, timeout=300) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            ch = json.loads(line[6:])
+            if "error" in ch:
+                raise RuntimeError(ch["error"]["message"])
+            if ch["choices"] and ch["choices"][0].get("delta", {}).get("content"):
+                n += 1
+                if first is None:
+                    first = time.perf_counter() - t
+    total = time.perf_counter() - t
+    return (first if first is not None else total), total, n
+
+
+def ttft(url: str, key: str, n: int, concurrency: int, max_tokens: int) -> dict:
+    """Time-to-first-token of streamed requests from ``concurrency`` clients."""
+    import requests
+
+    first, total, chunks, errors, lock = [], [], [], [], threading.Lock()
+    per = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
+    body = {"model": "en", "messages": PROMPT, "max_tokens": max_tokens}
+
+    def worker(k: int) -> None:
+        s = requests.Session()
+        s.headers["Authorization"] = f"Bearer {key}"
+        for _ in range(k):
+            try:
+                f, t, c = stream_once(s, url, body)
+                with lock:
+                    first.append(f)
+                    total.append(t)
+                    chunks.append(c)
+            except Exception as e:  # counted, never hidden
+                with lock:
+                    errors.append(repr(e)[:200])
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in per]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if not first:
+        return {"concurrency": concurrency, "errors": len(errors), "failures": errors[:3]}
+    return {"concurrency": concurrency, "ttft": summary(first, wall), "total": summary(total, wall),
+            "content_chunks_mean": statistics.fmean(chunks), "errors": len(errors), "failures": errors[:3]}
+
+
+def concurrency_sweep(url: str, key: str, args) -> dict:
+    """Throughput and latency at each client count; ``speedup`` is req/s over the 1-client rate,
+    ``p99_ratio`` the p99 over the 1-client p99 (issue 20 target: >= 3x at <= 2x with 8)."""
+    http_load(url, key, 8, 8, args.max_tokens)  # warm: batches of every size seen once
+    out = {}
+    for c in args.levels:
+        lat, wall, err = http_load(url, key, max(c, args.requests), c, args.max_tokens)
+        out[str(c)] = summary(lat, wall) | {"errors": err}
+    one = out.get("1")
+    if one:
+        for r in out.values():
+            r["speedup"] = r["req_per_s"] / one["req_per_s"]
+            r["p99_ratio"] = r["p99_ms"] / one["p99_ms"]
+    return out
+
+
+def handle_direct(app_name: str, version: str, n: int, max_tokens: int) -> dict:
+    """Requests straight to the model deployment through a DeploymentHandle (no HTTP, proxy or
+    gateway): the handle hop + @serve.batch + the replica around the same engine call."""
+    from ray import serve
+
+    h = serve.get_deployment_handle("model_0", app_name=app_name).options(multiplexed_model_id=f"en/{version}")
+    req = {"kind": "chat", "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0,
+           "stop": [], "seed": None, "stream": False, "model": "en"}
+    for _ in range(3):
+        h.generate.remote(req).result()
+    lat = []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        t = time.perf_counter()
+        out = h.generate.remote(req).result()
+        assert "error" not in out, out
+        lat.append(time.perf_counter() - t)
+    return summary(lat, time.perf_counter() - t0)
+
+
 def gateway_only(url: str, key: str, n: int) -> dict:
     """Requests the gateway answers itself (404 unknown model): HTTP + proxy + gateway, no model."""
     import requests
@@ -148,14 +248,28 @@ def interleaved(base: InProcess, url: str, key: str, args) -> dict:
 
 
 class SteadyLoad:
-    """``clients`` threads sending short chat requests back to back; records every outcome."""
+    """``clients`` threads sending short chat requests back to back (plus ``stream_clients``
+    streaming ones); records every outcome."""
 
-    def __init__(self, url: str, key: str, clients: int, max_tokens: int):
+    def __init__(self, url: str, key: str, clients: int, max_tokens: int, stream_clients: int = 0):
         self.url, self.key, self.max_tokens = url, key, max_tokens
         self.stop = threading.Event()
         self.ok: list[tuple[float, str]] = []
         self.failed: list[str] = []
+        self.streamed = 0
         self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(clients)]
+        self.threads += [threading.Thread(target=self.run_stream, daemon=True) for _ in range(stream_clients)]
+
+    def run_stream(self) -> None:
+        import requests
+        s = requests.Session()
+        s.headers["Authorization"] = f"Bearer {self.key}"
+        while not self.stop.is_set():
+            try:
+                stream_once(s, self.url, {"model": "en", "messages": PROMPT, "max_tokens": self.max_tokens})
+                self.streamed += 1
+            except Exception as e:  # an error event, a reset connection: all count
+                self.failed.append(f"stream: {e!r}"[:300])
 
     def run(self) -> None:
         import requests
@@ -192,12 +306,13 @@ class SteadyLoad:
         raise RuntimeError(f"{model} never answered")
 
 
-def hot_swap(url: str, key: str, uri: str, v1: str, v2: str, clients: int, max_tokens: int) -> dict:
+def hot_swap(url: str, key: str, uri: str, v1: str, v2: str, clients: int, max_tokens: int,
+             stream_clients: int = 0) -> dict:
     from rayft.registry import Registry
 
     reg = Registry(uri, "en")
     swaps = []
-    with SteadyLoad(url, key, clients, max_tokens) as load:
+    with SteadyLoad(url, key, clients, max_tokens, stream_clients) as load:
         time.sleep(3)
         for action, target in (("promote", v2), ("rollback", v1), ("promote", v2)):
             t = time.time()
@@ -205,7 +320,8 @@ def hot_swap(url: str, key: str, uri: str, v1: str, v2: str, clients: int, max_t
             swaps.append({"action": action, "to": target, "switch_s": load.wait_for(f"en:{target}", t)})
             time.sleep(3)
         t_end = time.time()
-    return {"clients": clients, "requests_ok": len(load.ok), "requests_failed": len(load.failed),
+    return {"clients": clients, "stream_clients": stream_clients, "requests_ok": len(load.ok),
+            "streams_ok": load.streamed, "requests_failed": len(load.failed),
             "failures": load.failed[:5], "swaps": swaps, "duration_s": t_end - load.ok[0][0] if load.ok else None}
 
 
@@ -237,9 +353,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10, help="interleaved in-process/served rounds")
     ap.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
     ap.add_argument("--clients", type=int, default=4, help="steady-load clients during the hot swap")
+    ap.add_argument("--stream-clients", type=int, default=2, help="streaming clients during the hot swap")
+    ap.add_argument("--levels", default="1,4,8", help="client counts for the concurrency runs")
+    ap.add_argument("--ttft-requests", type=int, default=24, help="streamed requests per TTFT run")
+    ap.add_argument("--max-batch-size", type=int, default=8)
+    ap.add_argument("--batch-wait-ms", type=float, default=5.0)
+    ap.add_argument("--also-unbatched", action="store_true",
+                    help="repeat the concurrency runs with max_batch_size=1 (redeploys the app)")
     ap.add_argument("--redeploy-baseline", action="store_true")
     ap.add_argument("--out", default="", help="also write the JSON here")
     args = ap.parse_args()
+    args.levels = [int(x) for x in str(args.levels).split(",") if x.strip()]
 
     import ray
     from ray import serve
@@ -264,16 +388,40 @@ def main() -> None:
     os.environ["RAYFT_BENCH_KEY"] = key
     cfg = load(ServeConfig, None, [f"registry={uri}", "models=[en]", f"port={port}", "api_key_env=RAYFT_BENCH_KEY",
                                    "num_cpus=1", f"torch_threads={args.threads}", "blocking=false",
+                                   f"max_batch_size={args.max_batch_size}",
+                                   f"batch_wait_timeout_s={args.batch_wait_ms / 1000}",
                                    "alias_refresh_s=0.5", "app_name=rayft_bench"])
     try:
         url = start(cfg)
         out.update(interleaved(base, url, key, args))
         out["gateway_only"] = gateway_only(url, key, args.requests)
         out["overhead_ms_p50"] = out["served_sequential"]["p50_ms"] - out["in_process"]["p50_ms"]
+        # where the overhead goes (issue 20 item 4): same engine call, three ways in
+        n = max(10, args.requests // 4)
+        inproc = summary(*base.run(n))
+        direct = handle_direct(cfg.app_name, v1, n, args.max_tokens)
+        seq_lat, seq_wall, _ = http_load(url, key, n, 1, args.max_tokens)
+        served = summary(seq_lat, seq_wall)
+        out["overhead_breakdown"] = {
+            "in_process": inproc, "handle_direct": direct, "served_sequential": served,
+            "handle_hop_and_replica_ms_p50": direct["p50_ms"] - inproc["p50_ms"],
+            "http_proxy_gateway_ms_p50": served["p50_ms"] - direct["p50_ms"],
+            "gateway_only_404_ms_p50": out["gateway_only"]["p50_ms"]}
         out["overhead_ms_mean"] = out["served_sequential"]["mean_ms"] - out["in_process"]["mean_ms"]
         print(json.dumps({k: out[k] for k in ("in_process", "served_sequential", "served_concurrent")}),
               file=sys.stderr)
-        out["hot_swap"] = hot_swap(url, key, uri, v1, v2, args.clients, args.max_tokens)
+        out["concurrency"] = concurrency_sweep(url, key, args)
+        out["ttft"] = {str(c): ttft(url, key, max(c, args.ttft_requests), c, args.max_tokens)
+                       for c in sorted({1, max(args.levels)})}
+        print(json.dumps({"concurrency": out["concurrency"], "ttft": out["ttft"]}), file=sys.stderr)
+        out["hot_swap"] = hot_swap(url, key, uri, v1, v2, args.clients, args.max_tokens, args.stream_clients)
+        if args.also_unbatched:
+            from rayft.serve.app import build_app
+            ucfg = cfg.model_copy(update={"max_batch_size": 1})
+            serve.run(build_app(ucfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
+            out["concurrency_unbatched"] = concurrency_sweep(url, key, args)
+            out["ttft_unbatched"] = {str(c): ttft(url, key, max(c, args.ttft_requests), c, args.max_tokens)
+                                     for c in sorted({1, max(args.levels)})}
         if args.redeploy_baseline:
             out["redeploy_baseline"] = redeploy_baseline(url, key, cfg, args.clients, args.max_tokens)
     finally:

@@ -202,7 +202,8 @@ class ModelServer:
     def stats(self) -> dict:
         """Engine counters (requests, generated_tokens, cancelled, batches, max_batch) and the
         last finished requests, for tests and benchmarks."""
-        return {"stats": dict(self.engine.stats), "recent": list(self.engine.recent)}
+        with self.engine._mu:  # the generating thread updates them
+            return {"stats": dict(self.engine.stats), "recent": list(self.engine.recent)}
 
     def ping(self) -> str:
         return "ok"
