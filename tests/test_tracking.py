@@ -113,8 +113,7 @@ def test_tensorboard_event_files(tracked_run):
 
 
 def test_wandb_offline_files(tracked_run):
-    from wandb.sdk.internal.datastore import DataStore
-    from wandb.proto import wandb_internal_pb2
+    from rayft.testing import wandb_offline
 
     run_dir, out, _ = tracked_run
     state = json.loads((run_dir / "tracking.json").read_text())["wandb"]
@@ -123,24 +122,13 @@ def test_wandb_offline_files(tracked_run):
     assert len(offline) == 1, list((run_dir / "wandb").iterdir())
     assert not list((run_dir / "wandb").glob("run-*")), "an online run directory: something was synced"
     assert "wandb:" not in out  # W&B's own console messages are off
-    ds = DataStore()
-    ds.open_for_scan(str(offline[0] / f"run-{state['id']}.wandb"))
-    history, config_keys = [], set()
-    while True:
-        data = ds.scan_data()
-        if data is None:
-            break
-        rec = wandb_internal_pb2.Record()
-        rec.ParseFromString(data)
-        kind = rec.WhichOneof("record_type")
-        if kind == "history":
-            history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
-        elif kind == "config":
-            config_keys |= {i.key for i in rec.config.update}
-    steps = {h["step"] for h in history if "loss" in h}
-    assert steps == {1, 2, 3, 4}, history
-    assert any("val_loss" in h for h in history) and any("peak_rss_mb/rank1" in h for h in history)
-    assert {"train", "model", "mlflow"} <= config_keys
+    f = offline[0] / f"run-{state['id']}.wandb"
+    hist = wandb_offline.history(f)
+    assert {h["step"] for h in hist if "loss" in h} == {1, 2, 3, 4}, hist
+    assert any("val_loss" in h for h in hist) and any("peak_rss_mb/rank1" in h for h in hist)
+    assert any(h.get("guard/nonfinite_rollback") == 1 for h in hist)
+    assert {"train", "model", "mlflow"} <= wandb_offline.config_keys(f)
+    assert {"report.json", "loss.png"} <= {p.name for p in (offline[0] / "files").iterdir()}
 
 
 def test_eval_scores_and_gate_join_the_training_run(tracked_run, tmp_path, monkeypatch):

@@ -86,6 +86,11 @@ def test_tracker_logs_to_all_three_and_resumes(tmp_path, wandb_env, capsys):
     assert "guard/text_summary" in acc.Tags()["tensors"]
     offline = sorted((run_dir / "wandb").glob(f"offline-run-*-{state['wandb']['id']}"))
     assert len(offline) == 2 and all((d / f"run-{state['wandb']['id']}.wandb").is_file() for d in offline)
+    from rayft.testing import wandb_offline
+    hist = [h for d in offline for h in wandb_offline.history(d / f"run-{state['wandb']['id']}.wandb")]
+    assert sorted(h["step"] for h in hist if "loss" in h) == [1, 2, 3, 4, 5]
+    assert any(h.get("guard/message", "").startswith("nonfinite_rollback") for h in hist)
+    assert "tracking" in wandb_offline.config_keys(offline[0] / f"run-{state['wandb']['id']}.wandb")
     out, err = capsys.readouterr()
     assert "View run" not in out and "wandb:" not in out + err  # stdout is for the run directory
 
