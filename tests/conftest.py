@@ -17,17 +17,46 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """A local single-node Ray cluster shared by the whole session (~10 s to start)."""
+WORKER_ENV = {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+
+
+def init_session_ray():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True,
-                 runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false",
-                                           "HF_HUB_OFFLINE": "1"}})
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": WORKER_ENV})
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local single-node Ray cluster shared by the whole session (~10 s to start)."""
+    ray = init_session_ray()
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def multinode():
+    """A real multi-node Ray cluster (tests/multinode.py: head with 0 CPUs + node_a and node_b,
+    1 CPU each, own raylets) with this process connected as its driver. One driver talks to one
+    cluster, so the session Ray is shut down first and started again afterwards (only if it was
+    up: the ``ray_session`` fixture's cached value must stay usable for later modules)."""
+    import ray
+
+    import multinode as mn
+
+    had_session = ray.is_initialized()
+    ray.shutdown()
+    cl = mn.start(("node_a", "node_b"), cpus=1)
+    try:
+        ray.init(address=cl.address, log_to_driver=True, runtime_env={"env_vars": WORKER_ENV})
+        yield cl
+    finally:
+        ray.shutdown()
+        cl.cluster.shutdown()
+        if had_session:
+            init_session_ray()
 
 
 @pytest.fixture
