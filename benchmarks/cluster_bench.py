@@ -8,7 +8,10 @@ rayft.testing.embeddings) are written once as Parquet (path, episode, embedding)
 method runs in a FRESH subprocess through the same code the CLI runs (streaming PCA +
 HDBSCAN, labels.parquet), so its wall time and peak RSS (os.wait4) are its own:
 
-* ``sharded``   rayft's bounded-memory path (cluster.method=sharded)
+* ``sharded``   rayft's bounded-memory path (cluster.method=sharded), searches in this process
+* ``sharded-ray`` the same with the per-shard neighbour searches as Ray tasks
+                (cluster.ray_tasks=on; a local Ray started in the child; the tasks' worker
+                peak RSS is reported as hdbscan.knn_task_peak_rss_gb)
 * ``fast-flat`` one fast_hdbscan call over every point (cluster.method=flat)
 * ``hdbscan``   classic flat ``hdbscan.HDBSCAN`` (boruvka_kdtree) on the same PCA output,
                 only at sizes <= --flat-hdbscan (it needs ~500 s for 100k points here)
@@ -87,10 +90,15 @@ def one(method: str, data: Path, out: Path) -> dict:
 
     truth = np.load(data / "truth.npy")
     t0 = time.time()
-    if method in ("sharded", "fast-flat"):
+    if method in ("sharded", "sharded-ray", "fast-flat"):
+        extra = []
+        if method == "sharded-ray":  # per-shard kNN as Ray tasks on a local Ray of this machine's cores
+            extra = ["cluster.ray_tasks=on"]
+        elif method == "sharded":
+            extra = ["cluster.ray_tasks=off"]
         cfg = load(FramesConfig, REPO / "configs" / "frames.yaml",
                    [f"cluster.input={data / 'emb'}", f"cluster.output={out}",
-                    f"cluster.method={'sharded' if method == 'sharded' else 'flat'}"])
+                    f"cluster.method={'flat' if method == 'fast-flat' else 'sharded'}", *extra])
         run_cluster(cfg)
         info = json.loads((out / "clusters.json").read_text())
         ari, k, noise = ari_from_labels(out, truth)

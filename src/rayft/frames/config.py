@@ -79,6 +79,15 @@ class ClusterSection(Section):
     knn_k: int = opt(0, "neighbours kept per point in the sharded path; 0 = max(2*min_samples, 15)", ge=0)
     seed: int = opt(0, "seed for k-means shard centroids and approximate neighbour search")
     read_batch: int = opt(65_536, "rows per Parquet read batch (streaming PCA)", ge=1)
+    ray_tasks: Literal["auto", "on", "off"] = opt("auto", "run the sharded path's per-shard neighbour "
+                                                  "searches as Ray tasks on every node: auto = when this "
+                                                  "process is on a Ray cluster (ray job submit / RAY_ADDRESS) "
+                                                  "and there is more than one shard; on = always "
+                                                  "(starts a local Ray if needed); off = one after another "
+                                                  "in this process")
+    task_cpus: float = opt(1.0, "CPUs each neighbour-search task holds (and threads it uses)", gt=0)
+    max_tasks: int = opt(0, "neighbour-search tasks at once; 0 = as many as the cluster's CPUs fit "
+                         "(each task holds one shard: shard_size points)", ge=0)
 
 
 

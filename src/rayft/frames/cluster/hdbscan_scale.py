@@ -34,7 +34,7 @@ search + O(n) edges and tree; measured in benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -80,10 +80,93 @@ def knn_shard(x: np.ndarray, k: int, brute_max: int, seed: int) -> tuple[np.ndar
     return i.astype(np.int32), d.astype(np.float32)
 
 
+def shard_knn(z: np.ndarray, hi: np.ndarray, guests: np.ndarray, k: int, brute_max: int,
+              seed: int) -> tuple[np.ndarray, np.ndarray, tuple, float]:
+    """One shard's neighbour search: kNN of its home points and guests among home + guests.
+    Returns (home rows' neighbour ids in ``z`` (int32, -1 = none), their distances, the guests'
+    edges to home points as (guest ids, home ids, distances), seconds)."""
+    t = time.time()
+    idx = np.concatenate([hi, guests])
+    li, ld = knn_shard(z[idx], k, brute_max, seed)
+    # Guests' neighbours among this shard's home points are real cross-partition edges:
+    # without them partitions whose home kNN stay inside are joined only by +inf
+    # bridges, and every partition then becomes a "cluster" at lambda 0.
+    gl, gd = li[len(hi):], ld[len(hi):]
+    r, q = np.nonzero((gl >= 0) & (gl < len(hi)))
+    cross = (guests[r], hi[gl[r, q]], gd[r, q])
+    li, ld = li[: len(hi)], ld[: len(hi)]
+    gi = np.where(li >= 0, idx[np.maximum(li, 0)], -1).astype(np.int32)
+    return gi, ld, cross, round(time.time() - t, 2)
+
+
+ShardRunner = Callable[..., Iterator[tuple[int, np.ndarray, np.ndarray, tuple, float]]]
+
+
+def local_shards(z, homes, guests, k, brute_max, seed):
+    """Every shard's neighbour search in this process, one at a time (memory: one shard)."""
+    for j in range(len(homes)):
+        yield (j, *shard_knn(z, homes[j], guests[j], k, brute_max, seed))
+
+
+def _shard_task(z, hi, guests, k, brute_max, seed, threads):
+    try:  # numba (pynndescent) would start one thread per core of the node, whatever the task holds
+        import numba
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    except Exception:
+        pass
+    import resource
+
+    out = shard_knn(z, hi, guests, k, brute_max, seed)
+    return (*out, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9)  # this worker's peak
+
+
+class RayShards:
+    """Per-shard neighbour searches as Ray tasks, ``max_in_flight`` at once (0 = as many as the
+    cluster's CPUs fit at ``cpus`` each), on any node of the cluster. The reduced points go to
+    the object store once (each task reads them zero-copy and copies only its shard); results
+    are merged on the driver as they finish, so the driver holds at most ``max_in_flight``
+    shard results beside the n x k neighbour arrays. A task lost with its node is retried by
+    Ray (``max_retries``) on another node: the search is deterministic, so a retry gives the
+    same neighbours."""
+
+    def __init__(self, cpus: float = 1.0, max_in_flight: int = 0, max_retries: int = 3):
+        self.cpus, self.max_in_flight, self.max_retries = cpus, max_in_flight, max_retries
+        self.ran, self.in_flight = 0, 0
+        self.peak_rss_gb = 0.0  # highest peak RSS of a worker process that ran a search
+
+    def describe(self) -> str:
+        return f"ray tasks ({self.ran} shards, {self.cpus:g} CPU each, {self.in_flight} at once)"
+
+    def __call__(self, z, homes, guests, k, brute_max, seed):
+        import ray
+
+        cpus_total = ray.cluster_resources().get("CPU", 1.0)
+        self.in_flight = self.max_in_flight or max(1, int(cpus_total // self.cpus))
+        task = ray.remote(num_cpus=self.cpus, max_retries=self.max_retries)(_shard_task)
+        z_ref = ray.put(z)
+        pending: dict = {}
+        j = 0
+        while j < len(homes) or pending:
+            while j < len(homes) and len(pending) < self.in_flight:
+                pending[task.remote(z_ref, homes[j], guests[j], k, brute_max, seed, max(1, int(self.cpus)))] = j
+                j += 1
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                self.ran += 1
+                *out, rss = ray.get(ref)
+                self.peak_rss_gb = max(self.peak_rss_gb, round(rss, 3))
+                yield (pending.pop(ref), *out)
+        del z_ref
+
+
 def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, selection: str = "leaf",
                     shard_size: int = 100_000, halo_frac: float = 0.2, knn_k: int = 0, seed: int = 0,
-                    brute_max: int = 20_000, log: Log | None = None) -> tuple[np.ndarray, dict]:
-    """Bounded-memory HDBSCAN (see module docstring). Returns (labels, info)."""
+                    brute_max: int = 20_000, log: Log | None = None,
+                    tasks: "ShardRunner | None" = None) -> tuple[np.ndarray, dict]:
+    """Bounded-memory HDBSCAN (see module docstring). Returns (labels, info).
+
+    ``tasks``: how the per-shard neighbour searches run; None = one after another in this
+    process (``local_shards``), ``RayShards(...)`` = as Ray tasks. Same labels either way."""
     log = log or (lambda s: None)
     n = len(z)
     ms = min_samples or min_cluster_size
@@ -97,23 +180,16 @@ def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, 
         f"{sum(len(g) for g in guests)} guest copies) in {time.time() - t0:.1f}s")
     nn_idx = np.full((n, k), -1, dtype=np.int32)
     nn_dist = np.full((n, k), np.inf, dtype=np.float32)
-    shards, cross = [], []
-    for j in range(len(c)):  # 1) neighbour search, one shard at a time
-        t = time.time()
-        hi = np.flatnonzero(home == j)
-        idx = np.concatenate([hi, guests[j]])
-        li, ld = knn_shard(z[idx], k, brute_max, seed)
-        # Guests' neighbours among this shard's home points are real cross-partition edges:
-        # without them partitions whose home kNN stay inside are joined only by +inf
-        # bridges, and every partition then becomes a "cluster" at lambda 0.
-        gl, gd = li[len(hi):], ld[len(hi):]
-        r, q = np.nonzero((gl >= 0) & (gl < len(hi)))
-        cross.append((guests[j][r], hi[gl[r, q]], gd[r, q]))
-        li, ld = li[: len(hi)], ld[: len(hi)]
-        nn_idx[hi] = np.where(li >= 0, idx[np.maximum(li, 0)], -1)
+    shards, cross = [None] * len(c), [None] * len(c)
+    homes = [np.flatnonzero(home == j) for j in range(len(c))]
+    run = tasks or local_shards
+    for j, gi, ld, xs, sec in run(z, homes, guests, k, brute_max, seed):  # 1) neighbour search per shard
+        hi = homes[j]
+        nn_idx[hi] = gi
         nn_dist[hi] = ld
-        shards.append({"home": int(len(hi)), "guests": int(len(guests[j])), "knn_seconds": round(time.time() - t, 2)})
-        log(f"  shard {j + 1}/{len(c)}: kNN of {len(hi)} home among {len(idx)} points ({time.time() - t:.1f}s)")
+        cross[j] = xs
+        shards[j] = {"home": int(len(hi)), "guests": int(len(guests[j])), "knn_seconds": sec}
+        log(f"  shard {j + 1}/{len(c)}: kNN of {len(hi)} home among {len(hi) + len(guests[j])} points ({sec:.1f}s)")
     core = nn_dist[:, ms - 1].astype(np.float64)
     # A point y outside shard j is > h_j from j's side of its face, and a home point x of j
     # is >= its nearest-face distance f_x from the other side, so |x - y| > h_j + f_x: the
@@ -122,7 +198,7 @@ def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, 
     t = time.time()
     forests = []
     for j in range(len(c)):  # 2) per-shard spanning forest of mutual-reachability edges
-        hi = np.flatnonzero(home == j)
+        hi = homes[j]
         gs, gh, gd = cross[j]
         src = np.concatenate([np.repeat(hi, k), gs])
         dst = np.concatenate([nn_idx[hi].ravel().astype(np.int64), gh])
@@ -151,13 +227,15 @@ def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, 
             "guest_copies": int(sum(len(g) for g in guests)), "knn_beyond_halo": beyond,
             "knn_components": n_comp, "inf_bridges": n - 1 - n_real,
             "max_call_points": max(s["home"] + s["guests"] for s in shards), "shard_stats": shards,
+            "knn_executor": getattr(tasks, "describe", lambda: "in-process")(),
+            "knn_task_peak_rss_gb": getattr(tasks, "peak_rss_gb", None),
             "seconds": round(time.time() - t0, 2)}
     return labels, info
 
 
 def cluster(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, selection: str = "leaf",
             method: str = "sharded", shard_size: int = 100_000, halo_frac: float = 0.2, knn_k: int = 0,
-            seed: int = 0, log: Log | None = None) -> tuple[np.ndarray, dict]:
+            seed: int = 0, log: Log | None = None, tasks: ShardRunner | None = None) -> tuple[np.ndarray, dict]:
     """``sharded`` (rayft's path; one exact shard for small sets) or ``flat`` (one fast_hdbscan
     call, the reference); labels numbered largest cluster first, -1 = noise."""
     if method == "flat":
@@ -165,7 +243,7 @@ def cluster(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, selectio
         labels = relabel_by_size(hdbscan_labels(z, min_cluster_size, min_samples, selection), min_cluster_size)
         return labels, {"method": "flat", "max_call_points": len(z), "seconds": round(time.time() - t, 2)}
     return sharded_hdbscan(z, min_cluster_size, min_samples, selection, shard_size, halo_frac, knn_k,
-                           seed, log=log)
+                           seed, log=log, tasks=tasks)
 
 
 def cluster_medoids(z: np.ndarray, labels: np.ndarray) -> dict[int, int]:

@@ -1,6 +1,8 @@
 """`rayft frames cluster`: embeddings Parquet -> streaming PCA -> HDBSCAN -> labels + clusters.json.
 
-Runs in one process (numba uses every core of the node for HDBSCAN); memory is bounded
+The PCA and the final tree run in this process; the sharded path's per-shard neighbour
+searches run as Ray tasks on every node when this process is on a Ray cluster
+(``cluster.ray_tasks``), else one after another here (numba uses every core); memory is bounded
 by streaming the 512-d embeddings twice (never held at full width) and by the sharded
 HDBSCAN path. Output (``cluster.output``): labels.parquet (path, episode, label; -1 =
 noise), clusters.json, _SUCCESS. A rerun with the same input files and settings is a no-op.
@@ -22,6 +24,28 @@ from ...config import ConfigError, to_dict
 from ...storage import atomic_write_json, is_done, mark_done
 from .hdbscan_scale import cluster, cluster_medoids
 from .reduce import ScatterAccumulator, embeddings_from_arrow, fit_pca, l2_normalize
+
+
+#: where the work runs, not what it computes: changing them does not redo a finished clustering
+EXECUTION_KEYS = ("ray_tasks", "task_cpus", "max_tasks", "read_batch")
+
+
+def _shard_runner(c, n: int):
+    """RayShards when the per-shard searches should be Ray tasks (see ClusterSection.ray_tasks),
+    with whether this call started Ray; (None, False) for in-process."""
+    import os
+
+    if c.method != "sharded" or c.ray_tasks == "off" or n <= c.shard_size:
+        return None, False
+    import ray
+
+    from ... import _env
+    from .hdbscan_scale import RayShards
+
+    if c.ray_tasks == "auto" and not (ray.is_initialized() or os.environ.get("RAY_ADDRESS")):
+        return None, False
+    started = _env.ray_start()
+    return RayShards(cpus=c.task_cpus, max_in_flight=c.max_tasks), started
 
 
 def _log(msg: str) -> None:
@@ -61,7 +85,8 @@ def iter_embeddings(files: list[Path], batch: int, meta: bool = False):
 
 
 def _signature(files: list[Path], cfg) -> str:
-    h = hashlib.sha1(json.dumps(to_dict(cfg.cluster), sort_keys=True).encode())
+    settings = {k: v for k, v in to_dict(cfg.cluster).items() if k not in EXECUTION_KEYS}
+    h = hashlib.sha1(json.dumps(settings, sort_keys=True).encode())
     for f in files:
         st = f.stat()
         h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -101,8 +126,14 @@ def run_cluster(cfg) -> str:
         eps.append(e)
     t_reduce = time.time() - t0
     _log(f"{n} embeddings from {len(files)} files, PCA {pca.summary()} in {t_reduce:.1f}s")
-    labels, info = cluster(z, c.min_cluster_size, c.min_samples, c.selection, c.method, c.shard_size,
-                           c.halo_frac, c.knn_k, c.seed, log=_log)
+    tasks, started = _shard_runner(c, n)
+    try:
+        labels, info = cluster(z, c.min_cluster_size, c.min_samples, c.selection, c.method, c.shard_size,
+                               c.halo_frac, c.knn_k, c.seed, log=_log, tasks=tasks)
+    finally:
+        if started:
+            import ray
+            ray.shutdown()
     path_arr = pa.chunked_array(paths, type=pa.string()).combine_chunks()
     ep_arr = pa.chunked_array(eps, type=pa.string()).combine_chunks()
     clusters = summarize(z, labels, path_arr, ep_arr)
