@@ -7,9 +7,10 @@ Same arguments as ``rayft watch`` (and ``python jobs/watch.py status|pause|resum
 Under ``ray job submit`` every stage joins the job's cluster (RAY_ADDRESS). The daemon's
 state lives in the watch directory, so a stopped or killed job resubmitted with the same
 arguments continues the same cycle (the interrupted training stage resumes from its last
-checkpoint). Restart policy: the job itself is not restarted by Ray; run the submit under a
-supervisor (systemd ``Restart=always``, a cron ``@reboot``/every-5-minutes submit guarded by
-the daemon lock - a second daemon on the same watch dir exits with code 2).
+checkpoint). Restart policy: a job is not restarted by Ray; add ``watch.detached=true`` and the
+job only starts a detached Ray actor that runs the daemon, restarts it when it dies and is
+itself restarted by Ray (rayft.watch.detached), then the job ends. A second daemon on the same
+watch dir exits with code 2.
 """
 import os
 import sys

@@ -6,7 +6,8 @@ real SMTP server (STARTTLS), a refusing Slack sink only logged; a renamed copy a
 half-written file -> nothing ingested; file 2 -> incremental cycle from the champion's
 adapter on new + replayed rows, the daemon (a subprocess joined to the session Ray) killed
 with SIGKILL mid-training and restarted -> the same cycle finishes, nothing ingested or
-registered twice; file 3 with a poisoned recipe -> 3 attempts, one `failed` alert, line
+registered twice (`watch.detached=true`: the daemon under a detached Ray actor that restarts
+it, itself killed too and restarted by Ray); file 3 with a poisoned recipe -> 3 attempts, one `failed` alert, line
 paused, `rayft watch resume` clears it; `rayft serve` answers from the watch registry.
 """
 from __future__ import annotations
@@ -14,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -155,41 +154,50 @@ def test_renamed_copy_and_half_written_file_are_not_ingested(world):
     assert len(led["runs"]) == 1 and len(led["files"]) == 1
 
 
-def _run_daemon(d, inp, hook, env, steps):
-    args = [sys.executable, "-m", "rayft.cli", "watch", "--config", str(REPO / "configs/watch.yaml"),
-            *_args(d, inp, hook, steps=steps)]
-    log = open(d.parent / f"daemon-{time.time_ns()}.log", "w")
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log
+def _supervisor_events(d: Path) -> list[dict]:
+    return read_jsonl(d / "supervisor.jsonl") if (d / "supervisor.jsonl").exists() else []
+
+
+def _wait(cond, what: str, d: Path, timeout: float = 600):
+    deadline = time.time() + timeout
+    while not cond():
+        assert time.time() < deadline, f"{what}; supervisor: {_supervisor_events(d)}\n" + (
+            (d / "daemon.log").read_text(errors="replace")[-3000:] if (d / "daemon.log").exists() else "")
+        time.sleep(0.2)
 
 
 def test_kill9_during_incremental_training_resumes_the_same_cycle(world, ray_session):
+    """`watch.detached=true`: the daemon runs under a detached Ray actor. SIGKILL the daemon
+    mid-training -> the supervisor restarts it; SIGKILL the supervisor -> Ray restarts it and
+    it starts the daemon again; the same cycle finishes, nothing ingested or registered twice,
+    and the actor removes itself once the daemon is done (once=true)."""
+    from rayft.watch.detached import find
+
     d, inp = world["dir"], world["inp"]
     reg = Registry(str(d / "registry"), "en")
     v1 = reg.aliases()["champion"]
     (inp / "file2.jsonl").write_bytes((world["spare"] / "file2.jsonl").read_bytes())
-    env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
     run = d / "lines/en/runs/c0002-incremental"
-    p, log = _run_daemon(d, inp, world["hook"].url, env, steps=30)
-    try:
-        deadline = time.time() + 600
-        while not list(run.glob("checkpoints/step_*/state.json")):
-            assert p.poll() is None, Path(log.name).read_text()[-3000:]
-            assert time.time() < deadline, "no checkpoint of the incremental run"
-            time.sleep(0.2)
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait(30)
-    finally:
-        if p.poll() is None:
-            p.kill()
-        log.close()
+    assert main(["watch", "--config", str(REPO / "configs/watch.yaml"),
+                 *_args(d, inp, world["hook"].url, steps=30), "watch.detached=true"]) == 0
+    actor = find(d)
+    assert actor is not None
+    assert oct((d / ".supervisor_config.yaml").stat().st_mode & 0o777) == "0o600"  # may hold secrets
+    _wait(lambda: list(run.glob("checkpoints/step_*/state.json")), "no checkpoint of the incremental run", d)
+    first = [e for e in _supervisor_events(d) if e["event"] == "daemon_started"][-1]
+    os.kill(first["pid"], signal.SIGKILL)  # the daemon
+    _wait(lambda: len([e for e in _supervisor_events(d) if e["event"] == "daemon_started"]) >= 2,
+          "the supervisor did not restart the daemon", d)
     cyc = _state(d)["lines"]["en"]["cycle"]
     assert cyc["id"] == "c0002" and cyc["stages"] == ["incremental"] and cyc["from_version"] == v1
-    assert cyc["steps"][0]["status"] == "running"
-    p, log = _run_daemon(d, inp, world["hook"].url, env, steps=30)
-    try:
-        assert p.wait(900) == 0, Path(log.name).read_text()[-3000:]
-    finally:
-        log.close()
+    os.kill(first["supervisor_pid"], signal.SIGKILL)  # the supervisor actor's process: Ray restarts it
+    _wait(lambda: find(d) is None, "the detached daemon did not finish", d, timeout=900)
+    ev = _supervisor_events(d)
+    starts = [e for e in ev if e["event"] == "daemon_started"]
+    assert len(starts) >= 3 and len({e["supervisor_pid"] for e in starts}) == 2, ev
+    assert {"event": "daemon_exited", "pid": first["pid"], "code": -9}.items() <= next(
+        e for e in ev if e["event"] == "daemon_exited").items()
+    assert ev[-1]["event"] == "supervisor_done" and ev[-1]["state"] == "finished", ev
     st = _state(d)["lines"]["en"]
     h = st["history"][-1]
     assert h["cycle"] == "c0002" and h["decision"] in ("promote", "reject") and h["reasons"]

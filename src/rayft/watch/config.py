@@ -29,6 +29,9 @@ class WatchSection(Section):
                    "alias dir=")
     once: bool = opt(False, "run cycles until no new data is left, then exit 0 (alias once=); false: keep "
                      "watching")
+    detached: bool = opt(False, "start the daemon under a detached Ray actor that restarts it (and is "
+                         "restarted by Ray) until `rayft watch stop`; the command returns at once "
+                         "(see rayft.watch.detached)")
     poll_s: float = opt(30.0, "seconds between scans of watch.input", gt=0)
     settle_s: float = opt(2.0, "once=true: seconds between the two scans that prove a file is no longer "
                           "being written (size and mtime unchanged)", ge=0)

@@ -696,5 +696,9 @@ def _pct(x) -> str:
 def run_watch(cfg: WatchConfig) -> str:
     """`rayft watch`: the daemon; returns the watch directory (printed last by the CLI)."""
     d = Path(os.path.expanduser(cfg.watch.dir)).resolve()
+    if cfg.watch.detached:
+        from .detached import start_detached
+        start_detached(cfg, d)
+        return str(d)
     with daemon_lock(d):
         return Watcher(cfg, d).run()
