@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,20 @@ def test_training_waits_outside_the_window_and_over_resource_thresholds(tmp_path
     w.alerts.close()
     events = [json.loads(x)["event"] for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
     assert events == ["window", "resources", "resources_ok"]  # one alert per transition
+
+
+def test_detached_without_a_running_cluster_is_one_line(tmp_path):
+    """A Ray this command started would die with it, and the detached daemon with it: refused."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    res = subprocess.run([sys.executable, "-m", "rayft.cli", "watch", "--config", "configs/watch.yaml",
+                          f"input={tmp_path / 'in'}", f"dir={tmp_path / 'w'}", "watch.detached=true"],
+                         cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and "watch.detached=true needs a running Ray cluster" in err[0], res.stderr
+    assert not (tmp_path / "w").exists()  # nothing written before the refusal

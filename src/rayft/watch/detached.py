@@ -124,9 +124,14 @@ def start_detached(cfg, watch_dir: Path) -> str:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from .. import _env
-    from ..config import to_dict
+    from ..config import ConfigError, to_dict
     from ..storage import atomic_write_bytes
 
+    if not (cfg.ray.address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
+        # a Ray started by this command would end with it, and the detached actor with that Ray
+        raise ConfigError("watch.detached=true needs a running Ray cluster to outlive this command: start "
+                          "one (cluster/start_local_head.sh or `ray start --head`) and set RAY_ADDRESS or "
+                          "ray.address, or submit with `ray job submit`")
     d = to_dict(cfg)
     d["watch"]["detached"] = False
     d["watch"]["dir"] = str(watch_dir)
