@@ -33,6 +33,8 @@ for k, v in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED"
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from train_throughput import ray_run as run  # noqa: E402  (benchmarks/ is on sys.path: scripts run from it)
+
 
 def examples_per_row(cfg) -> dict:
     """Tokenize the data file's pairs as training does and pack them as one worker would
@@ -62,23 +64,6 @@ def examples_per_row(cfg) -> dict:
             "packed_rows": len(packs), "examples_per_row": len(ex) / len(packs),
             "packed_fill": float(lens.sum() / (len(packs) * cfg.data.max_seq_len)),
             "padded_batch_fill": float(np.mean([b.sum() / (len(b) * b.max()) for b in batches]))}
-
-
-def run(cfg) -> dict:
-    from rayft.train.launch import run_training
-
-    t0 = time.time()
-    run_dir = Path(run_training(cfg))
-    wall = time.time() - t0
-    rep = json.loads((run_dir / "report.json").read_text())
-    m = [x for x in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in x]
-    steady = [x for x in m if x["step"] > 1]
-    dt = sum(x["window_s"] for x in steady)
-    return {"steps": rep["steps"], "examples": sum(x.get("examples", 0) for x in m),
-            "useful_tokens_per_s": sum(x["useful_tokens"] for x in steady) / dt,
-            "tokens_per_s": sum(x["tokens"] for x in steady) / dt,
-            "val_loss_start": rep["val_loss_start"], "val_loss": rep["val_loss"],
-            "peak_rss_mb_per_worker": rep["peak_rss_mb"], "wall_s_incl_startup": wall, "run_dir": str(run_dir)}
 
 
 def main() -> None:

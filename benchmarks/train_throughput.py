@@ -72,7 +72,10 @@ def plain_loop(cfg, steps: int, batch: int, micro: int) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def ray_loop(cfg) -> dict:
+def ray_run(cfg) -> dict:
+    """One `rayft train` run: rates over the steady windows (step > 1) of its metrics.jsonl -
+    useful_tokens_per_s (non-padding) and tokens_per_s (positions computed) - plus examples
+    consumed, val losses, peak RSS per worker and wall time. benchmarks/packing_bench.py too."""
     from rayft.train.launch import run_training
 
     t0 = time.time()
@@ -81,9 +84,19 @@ def ray_loop(cfg) -> dict:
     rep = json.loads((run_dir / "report.json").read_text())
     m = [x for x in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in x]
     steady = [x for x in m if x["step"] > 1]
-    return {"tokens_per_s": sum(x.get("useful_tokens", x["tokens"]) for x in steady)  # non-padding, as plain_loop
-            / sum(x["window_s"] for x in steady),
-            "steps": rep["steps"], "peak_rss_mb_per_worker": rep["peak_rss_mb"], "wall_s_incl_startup": wall}
+    dt = sum(x["window_s"] for x in steady)
+    return {"steps": rep["steps"], "examples": sum(x.get("examples", 0) for x in m),
+            "useful_tokens_per_s": sum(x.get("useful_tokens", x["tokens"]) for x in steady) / dt,
+            "tokens_per_s": sum(x["tokens"] for x in steady) / dt,
+            "val_loss_start": rep.get("val_loss_start"), "val_loss": rep.get("val_loss"),
+            "peak_rss_mb_per_worker": rep["peak_rss_mb"], "wall_s_incl_startup": wall, "run_dir": str(run_dir)}
+
+
+def ray_loop(cfg) -> dict:
+    r = ray_run(cfg)
+    return {"tokens_per_s": r["useful_tokens_per_s"],  # non-padding, as plain_loop counts
+            "steps": r["steps"], "peak_rss_mb_per_worker": r["peak_rss_mb_per_worker"],
+            "wall_s_incl_startup": r["wall_s_incl_startup"]}
 
 
 def main() -> None:
