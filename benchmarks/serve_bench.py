@@ -95,23 +95,18 @@ class InProcess:
         return lat, time.perf_counter() - t0
 
 
-def http_load(url: str, key: str, n: int, concurrency: int, max_tokens: int) -> tuple[list[float], float, int]:
-    """n chat requests from ``concurrency`` client threads: (latencies, wall seconds, errors)."""
+def run_clients(n: int, concurrency: int, key: str, one) -> float:
+    """n requests from ``concurrency`` client threads (each its own authorized
+    requests.Session), ``one(session)`` per request; returns the wall seconds."""
     import requests
 
-    lat, errors, lock = [], [], threading.Lock()
     per = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
-    body = {"model": "en", "messages": PROMPT, "max_tokens": max_tokens}
 
     def worker(k: int) -> None:
         s = requests.Session()
         s.headers["Authorization"] = f"Bearer {key}"
         for _ in range(k):
-            t = time.perf_counter()
-            r = s.post(f"{url}/v1/chat/completions", json=body, timeout=300)
-            dt = time.perf_counter() - t
-            with lock:
-                (lat if r.status_code == 200 else errors).append(dt if r.status_code == 200 else r.status_code)
+            one(s)
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in per]
     t0 = time.perf_counter()
@@ -119,7 +114,23 @@ def http_load(url: str, key: str, n: int, concurrency: int, max_tokens: int) -> 
         t.start()
     for t in threads:
         t.join()
-    return lat, time.perf_counter() - t0, len(errors)
+    return time.perf_counter() - t0
+
+
+def http_load(url: str, key: str, n: int, concurrency: int, max_tokens: int) -> tuple[list[float], float, int]:
+    """n chat requests from ``concurrency`` client threads: (latencies, wall seconds, errors)."""
+    lat, errors, lock = [], [], threading.Lock()
+    body = {"model": "en", "messages": PROMPT, "max_tokens": max_tokens}
+
+    def one(s) -> None:
+        t = time.perf_counter()
+        r = s.post(f"{url}/v1/chat/completions", json=body, timeout=300)
+        dt = time.perf_counter() - t
+        with lock:
+            (lat if r.status_code == 200 else errors).append(dt if r.status_code == 200 else r.status_code)
+
+    wall = run_clients(n, concurrency, key, one)
+    return lat, wall, len(errors)
 
 
 def stream_once(s, url: str, body: dict) -> tuple[float, float, int]:
@@ -144,33 +155,21 @@ def stream_once(s, url: str, body: dict) -> tuple[float, float, int]:
 
 def ttft(url: str, key: str, n: int, concurrency: int, max_tokens: int) -> dict:
     """Time-to-first-token of streamed requests from ``concurrency`` clients."""
-    import requests
-
     first, total, chunks, errors, lock = [], [], [], [], threading.Lock()
-    per = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
     body = {"model": "en", "messages": PROMPT, "max_tokens": max_tokens}
 
-    def worker(k: int) -> None:
-        s = requests.Session()
-        s.headers["Authorization"] = f"Bearer {key}"
-        for _ in range(k):
-            try:
-                f, t, c = stream_once(s, url, body)
-                with lock:
-                    first.append(f)
-                    total.append(t)
-                    chunks.append(c)
-            except Exception as e:  # counted, never hidden
-                with lock:
-                    errors.append(repr(e)[:200])
+    def one(s) -> None:
+        try:
+            f, t, c = stream_once(s, url, body)
+            with lock:
+                first.append(f)
+                total.append(t)
+                chunks.append(c)
+        except Exception as e:  # counted, never hidden
+            with lock:
+                errors.append(repr(e)[:200])
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in per]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_clients(n, concurrency, key, one)
     if not first:
         return {"concurrency": concurrency, "errors": len(errors), "failures": errors[:3]}
     return {"concurrency": concurrency, "ttft": summary(first, wall), "total": summary(total, wall),
