@@ -79,7 +79,10 @@ def test_missing_columns_and_empty_input_are_clear_errors(tmp_path, capsys):
     assert "no Parquet files" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("key", ["cluster.min_cluster_size=1", "cluster.shard_size=10", "cluster.method=kmeans"])
+@pytest.mark.parametrize("key", ["cluster.min_cluster_size=1", "cluster.shard_size=10", "cluster.method=kmeans",
+                                 "cluster.ray_tasks=maybe", "cluster.task_cpus=0", "cluster.max_tasks=-1"])
 def test_bad_cluster_settings_are_refused(tmp_path, capsys, key):
     assert cluster_cli(tmp_path, tmp_path / "out", key) == 2
-    assert "cluster" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cluster" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
