@@ -60,32 +60,47 @@ class Location:
         return Location(self.fs, f"{self.path}/{name}", f"{scheme}://{base.rstrip('/')}/{name}{q}{query}")
 
 
-def filesystem(uri: str) -> Location:
-    """The pyarrow filesystem and path of ``uri``. For ``s3://`` the endpoint, region and
-    credentials (URI first, then the environment) are written into the filesystem object."""
+def s3_settings(uri: str) -> dict:
+    """Endpoint, scheme, region and credentials of an ``s3://`` URI: the URI first, then the AWS
+    environment. Keys (None when unknown): endpoint (host[:port]), scheme, region, access_key,
+    secret_key, session_token. What ``filesystem`` (pyarrow) and the registry's boto3 client
+    (conditional writes) are both built from."""
     u = urlsplit(uri)
-    if u.scheme.lower() != "s3":
-        fs, path = pafs.FileSystem.from_uri(uri)
-        return Location(fs, path.rstrip("/"), uri)
     q = _query(uri)
-    kw: dict = {}
+    scheme = None
     ep = q.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if ep:
         if "://" in ep:
             scheme, _, ep = ep.partition("://")
-            kw["scheme"] = scheme
-        kw["endpoint_override"] = ep.rstrip("/")
-    if q.get("scheme"):
-        kw["scheme"] = q["scheme"]
-    region = q.get("region") or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-    if region:
-        kw["region"] = region
+        ep = ep.rstrip("/")
     key = q.get("access_key") or (unquote(u.username) if u.username else None) or os.environ.get("AWS_ACCESS_KEY_ID")
     secret = (q.get("secret_key") or (unquote(u.password) if u.password else None)
               or os.environ.get("AWS_SECRET_ACCESS_KEY"))
-    if key and secret:
-        kw.update(access_key=key, secret_key=secret,
-                  session_token=q.get("session_token") or os.environ.get("AWS_SESSION_TOKEN") or None)
+    ok = bool(key and secret)
+    return {"endpoint": ep or None, "scheme": q.get("scheme") or scheme,
+            "region": q.get("region") or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION"),
+            "access_key": key if ok else None, "secret_key": secret if ok else None,
+            "session_token": (q.get("session_token") or os.environ.get("AWS_SESSION_TOKEN") or None) if ok else None}
+
+
+def filesystem(uri: str) -> Location:
+    """The pyarrow filesystem and path of ``uri``. For ``s3://`` the endpoint, region and
+    credentials (``s3_settings``: URI first, then the environment) are written into the
+    filesystem object."""
+    u = urlsplit(uri)
+    if u.scheme.lower() != "s3":
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return Location(fs, path.rstrip("/"), uri)
+    st = s3_settings(uri)
+    kw: dict = {}
+    if st["endpoint"]:
+        kw["endpoint_override"] = st["endpoint"]
+    if st["scheme"]:
+        kw["scheme"] = st["scheme"]
+    if st["region"]:
+        kw["region"] = st["region"]
+    if st["access_key"]:
+        kw.update(access_key=st["access_key"], secret_key=st["secret_key"], session_token=st["session_token"])
     host = u.hostname or ""
     return Location(pafs.S3FileSystem(**kw), f"{host}{u.path}".rstrip("/"), uri)
 

@@ -21,7 +21,6 @@ import hashlib
 import os
 import uuid
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pyarrow.fs as pafs
 
@@ -196,25 +195,18 @@ def s3_client(uri: str):
         from .lineage import RegistryError
         raise RegistryError("an s3:// registry needs boto3 for its conditional (compare-and-swap) alias "
                             "writes: pip install 'rayft[s3]'") from None
-    u = urlsplit(uri)
-    q = {k: v[-1] for k, v in parse_qs(u.query).items()}
+    from ..objstore import s3_settings
+
+    st = s3_settings(uri)
     kw: dict = {}
-    ep = q.get("endpoint_override")
-    if ep:
-        kw["endpoint_url"] = ep if "://" in ep else f"{q.get('scheme', 'https')}://{ep}"
-    if q.get("region"):
-        kw["region_name"] = q["region"]
-    user = q.get("access_key") or (u.username and _unq(u.username))
-    secret = q.get("secret_key") or (u.password and _unq(u.password))
-    if user and secret:
-        kw.update(aws_access_key_id=user, aws_secret_access_key=secret,
-                  aws_session_token=q.get("session_token") or None)
+    if st["endpoint"]:
+        kw["endpoint_url"] = f"{st['scheme'] or 'https'}://{st['endpoint']}"
+    if st["region"]:
+        kw["region_name"] = st["region"]
+    if st["access_key"]:
+        kw.update(aws_access_key_id=st["access_key"], aws_secret_access_key=st["secret_key"],
+                  aws_session_token=st["session_token"])
     return boto3.client("s3", config=Config(retries={"max_attempts": 3, "mode": "standard"}), **kw)
-
-
-def _unq(s: str) -> str:
-    from urllib.parse import unquote
-    return unquote(s)
 
 
 def sha256_file(path: Path) -> str:
