@@ -39,6 +39,14 @@ def test_override_mistakes_blame_the_command_line(recipe, capsys, argv, expected
     assert recipe not in err and "Traceback" not in err and "pw123" not in err
 
 
+def test_config_file_given_without_the_flag(tmp_path, capsys):
+    """`rayft train configs/tiny.yaml` (a path where a key=value goes) points at --config."""
+    assert main(["train", "configs/tiny.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("'configs/tiny.yaml' is not of the form key=value; a config file goes after "
+                        "--config: --config configs/tiny.yaml"), err
+
+
 def test_yaml_mistake_still_blames_the_file(tmp_path, capsys):
     p = tmp_path / "bad.yaml"
     p.write_text("data:\n  path: pairs.jsonl\ntrain:\n  max_stepz: 10\n")

@@ -562,6 +562,8 @@ def parse_overrides(items: list[str], aliases: dict[str, str] | None = None, cls
             if cls is not None and (k in (aliases or {}) or field_type(cls, k) is not None):
                 raise ConfigError(f"command line: {item!r} has no value; write {k}=VALUE")
             hint = _suggest(cls, k, aliases) if cls is not None else ""
+            if k.endswith((".yaml", ".yml")):
+                hint = f"; a config file goes after --config: --config {k}"
             raise ConfigError(f"command line: {item!r} is not of the form key=value{hint}")
         key, raw = item.split("=", 1)
         key = key.strip()
