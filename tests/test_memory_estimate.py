@@ -161,3 +161,16 @@ def test_compact_malloc_only_where_memory_is_capped(monkeypatch):
     assert _env.worker_env(True)["MALLOC_MMAP_THRESHOLD_"] == str(2**20)
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert _env.worker_env(True)["MALLOC_ARENA_MAX"] == "4"
+
+
+def test_train_controller_poll_interval_reaches_workers(monkeypatch):
+    """rayft shortens Ray Train's controller poll (each report waited up to 2 s on it) and hands
+    the value to every Ray worker, the controller included; a value the user set wins."""
+    from rayft import _env
+
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    _env.apply()
+    assert _env.worker_env()["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.25"
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1.0")
+    _env.apply()
+    assert _env.worker_env()["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "1.0"

@@ -9,10 +9,14 @@ DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "TOKENIZERS_PARALLELISM": "false",
     "DS_ACCELERATOR": "cpu" if not os.path.exists("/dev/nvidia0") else "",
+    # Ray Train 2.60's controller drains `ray.train.report` (a queue of size 1) once per poll
+    # and polls every 2 s by default, so each report and each state change waited up to 2 s:
+    # the tiny recipe ran 2.9 steps/s at 2 s and 4.9 at 0.25 s (benchmarks/report_interval_bench.py).
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
 }
 
 WORKER_ENV_KEYS = ("DS_ACCELERATOR", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE", "RAYFT_CACHE",
-                   "TORCH_EXTENSIONS_DIR", "HF_HOME")
+                   "TORCH_EXTENSIONS_DIR", "HF_HOME", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
 
 
 def apply() -> None:
