@@ -76,14 +76,15 @@ def test_stage_configs_use_it():
     """Every location the issue names: local-only ones refuse s3://, registry ones accept it."""
     from rayft.cli import stage_config
 
-    local = {"curate": "output.dir", "sweep": "sweep.dir", "eval": "output",
+    local = {"curate": "data.path", "eval": "output", "train": "data.path",
              "watch": "watch.dir", "frames embed": "embed.output", "frames cluster": "cluster.output",
              "frames export": "export.output", "frames segment": "segment.output",
              "frames train": "train.output", "export": "output", "data inspect": "out"}
     for stage, key in local.items():
         with pytest.raises(ConfigError, match=f"^command line: {key}: s3://b/p is an object-store URI"):
             stage_config(stage, None, [f"{key}=s3://b/p"])
-    for stage, key in {"serve": "registry", "registry list": "uri", "eval": "registry.uri", "train": "run.dir"}.items():
+    for stage, key in [("serve", "registry"), ("registry list", "uri"), ("eval", "registry.uri"), ("train", "run.dir"),
+                       ("curate", "output.dir"), ("sweep", "sweep.dir"), ("eval", "candidate")]:
         with pytest.raises(ConfigError, match=f"{key}: ftp://b/p: no filesystem"):
             stage_config(stage, None, [f"{key}=ftp://b/p"])
     assert stage_config("registry list", None, ["uri=s3://b/reg"]).uri == "s3://b/reg"
@@ -97,8 +98,8 @@ def _cli(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("argv,key", [
-    (["curate", f"data.path={REPO / 'configs'}", f"output.dir={S3}"], "output.dir"),
-    (["sweep", f"sweep.dir={S3}"], "sweep.dir"),
+    (["curate", f"data.path={S3}", f"output.dir={REPO / 'configs'}"], "data.path"),
+    (["frames", "embed", f"embed.output={S3}"], "embed.output"),
 ])
 def test_cli_refuses_before_writing(tmp_path, argv, key):
     res = _cli(tmp_path, *argv)

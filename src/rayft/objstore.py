@@ -14,8 +14,10 @@ Secrets are never shown: ``shown(uri)`` drops ``user:password@`` and the query s
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pyarrow.fs as pafs
@@ -36,6 +38,21 @@ def shown(uri: str) -> str:
     rest = rest.partition("?")[0]
     host, slash, path = rest.partition("/")
     return f"{scheme}://{host.rpartition('@')[2]}{slash}{path}"
+
+
+_SECRET_QUERY = frozenset({"access_key", "secret_key", "session_token"})
+
+
+def public(uri: str) -> str:
+    """``uri`` without its credentials (``user:password@``, access_key/secret_key/session_token
+    in the query) but with the rest of its query (endpoint_override, scheme, region): a
+    location a user can paste into another command (``rayft eval candidate=...``)."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    base, _, query = rest.partition("?")
+    q = "&".join(p for p in query.split("&") if p and p.split("=", 1)[0] not in _SECRET_QUERY)
+    return shown(uri) + (f"?{q}" if q else "")
 
 
 def _query(uri: str) -> dict[str, str]:
@@ -81,6 +98,18 @@ def s3_settings(uri: str) -> dict:
             "region": q.get("region") or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION"),
             "access_key": key if ok else None, "secret_key": secret if ok else None,
             "session_token": (q.get("session_token") or os.environ.get("AWS_SESSION_TOKEN") or None) if ok else None}
+
+
+def env_of(uri: str) -> dict[str, str]:
+    """The AWS_* variables (credentials, region) this machine resolves for ``uri``, for a Ray
+    process that builds the filesystem itself from the URI (a Tune trial) while its node's
+    environment may not carry them. {} for anything but s3://."""
+    if urlsplit(uri).scheme.lower() != "s3":
+        return {}
+    st = s3_settings(uri)
+    env = {"AWS_ACCESS_KEY_ID": st["access_key"], "AWS_SECRET_ACCESS_KEY": st["secret_key"],
+           "AWS_SESSION_TOKEN": st["session_token"], "AWS_DEFAULT_REGION": st["region"]}
+    return {k: v for k, v in env.items() if v}
 
 
 def filesystem(uri: str) -> Location:
@@ -135,3 +164,21 @@ def delete_dir(loc: Location, rel: str = "") -> None:
     p = f"{loc.path}/{rel}" if rel else loc.path
     if loc.fs.get_file_info(p).type == pafs.FileType.Directory:
         loc.fs.delete_dir(p)
+
+
+def walk(loc: Location, rel: str = "") -> list[str]:
+    """Every file under ``rel`` (recursively), as paths relative to ``loc``; [] when absent."""
+    p = f"{loc.path}/{rel}" if rel else loc.path
+    sel = pafs.FileSelector(p, allow_not_found=True, recursive=True)
+    return sorted(i.path[len(loc.path) + 1:] for i in loc.fs.get_file_info(sel) if i.type == pafs.FileType.File)
+
+
+def delete_file(loc: Location, rel: str) -> None:
+    loc.fs.delete_file(f"{loc.path}/{rel}")
+
+
+def work_dir(kind: str, uri: str) -> Path:
+    """This machine's working copy of remote location ``uri`` for stage ``kind``:
+    ``$RAYFT_CACHE/<kind>/<digest of the URI>`` (a digest: the URI may carry keys)."""
+    from .models.load import cache_dir
+    return cache_dir() / kind / hashlib.sha256(uri.encode()).hexdigest()[:12]

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import ValidationInfo, model_validator
 
-from ..config import ConfigError, LocalPath, Section, complete, opt, section
+from ..config import ConfigError, FsPath, LocalPath, Section, complete, opt, section
 from ..data.formats import FORMATS
 
 Action = Literal["drop", "mask", "off"]
@@ -31,7 +31,8 @@ ZH_LOW_VALUE = ["好的", "好", "嗯", "嗯嗯", "哦", "噢", "啊", "是的",
 
 
 class DataCfg(Section):
-    path: str = opt("", "pair files: a file, a directory (its .jsonl/.json/.parquet files, recursively) or a glob")
+    path: LocalPath = opt("", "pair files: a file, a directory (its .jsonl/.json/.parquet files, recursively) or a "
+                              "glob (local paths)")
     format: Literal[("auto", *FORMATS)] = opt(  # type: ignore[valid-type]
         "auto", f"input format for every file: auto | {' | '.join(FORMATS)}; auto detects per file from its "
         "first valid record")
@@ -41,7 +42,8 @@ class DataCfg(Section):
 
 
 class OutputCfg(Section):
-    dir: LocalPath = opt("", "output directory (curated Parquet, rejects/, report.json, _ledger/); required")
+    dir: FsPath = opt("", "output directory (curated Parquet, rejects/, report.json, _ledger/); required. A local "
+                      "path or a pyarrow.fs URI: s3://bucket/prefix?endpoint_override=host:port&scheme=http")
     rows_per_file: int = opt(100_000, "at most this many rows per output Parquet file", ge=1)
 
 
@@ -119,7 +121,7 @@ class LanguageCfg(Section):
 
 class SplitCfg(Section):
     val_fraction: float = opt(0.05, "fraction of each language's rows held out for validation (by content hash)", ge=0, lt=1)
-    golden_path: str = opt("", "golden pairs file/dir/glob: its rows go to the golden split and win dedup "
+    golden_path: LocalPath = opt("", "golden pairs file/dir/glob: its rows go to the golden split and win dedup "
                                 "against train rows, so they never enter train")
     golden_fraction: float = opt(0.0, "fraction of rows held out as golden set (by content hash)", ge=0, lt=1)
     salt: str = opt("", "salt of the hash-based split assignment (change to reshuffle)")

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .. import _env
-from ..config import from_dict, to_dict
+from .. import _env, objstore
+from ..config import from_dict, to_dict, uri_scheme
 from ..data.formats import DataError, resolve_paths
-from . import assemble, output
+from . import assemble, output, remote
 from . import dedup as dd
 from .config import CurateConfig
 from .filters import process_task
@@ -99,9 +99,14 @@ def _embed(texts: list[str], cfg: CurateConfig) -> np.ndarray:
 def run_curate(cfg: CurateConfig) -> str:
     """Curate ``cfg.data.path`` into ``cfg.output.dir``; returns a one-line summary."""
     t0 = time.time()
-    out = Path(cfg.output.dir)
+    loc = remote.location(cfg.output.dir)  # output.dir=s3://...: work in a local copy, push at commit
+    out = remote.local_dir(cfg.output.dir) / "out" if loc else Path(objstore.filesystem(cfg.output.dir).path
+                                                                     if uri_scheme(cfg.output.dir) else cfg.output.dir)
+    shown = loc.shown if loc else str(out)
     out.mkdir(parents=True, exist_ok=True)
-    with lock(out):
+    with lock(out.parent if loc else out):
+        if loc:
+            remote.pull(loc, out)
         led = Ledger(out)
         led.gc()
         golden = resolve_paths(cfg.split.golden_path) if cfg.split.golden_path else []
@@ -115,7 +120,7 @@ def run_curate(cfg: CurateConfig) -> str:
             (skipped if digests[p] and led.has_file(digests[p]) else new).append(p)
         if not new:
             msg = (f"nothing to do: all {len(inputs)} input files are already in the ledger "
-                   f"({led.path}); {out} is unchanged")
+                   f"({shown}/_ledger/ledger.json); {shown} is unchanged")
             print(msg)
             return msg
         run_id = led.next_run_id()
@@ -167,12 +172,14 @@ def run_curate(cfg: CurateConfig) -> str:
         report["golden"]["duplicates_of_earlier_train_rows"] = conflicts
         report["split"] = split_info
         output.write_report(stage, run_id, report)
-        led.publish(run_id)
+        moved = led.publish(run_id)
         led.commit(run_id, files, {"rows_in": report["rows_in"], "rows_kept": report["rows_kept"],
                                    "rows_rejected": report["rows_rejected"], "minhash": _minhash_params(cfg),
                                    "embed_model": cfg.embed.model})
+        if loc:
+            remote.push(loc, out, moved)  # ledger.json last: the commit point in the bucket
     msg = (f"curated {run_id}: {report['rows_kept']} of {report['rows_in']} rows kept "
-           f"({report['rows_rejected']} rejected) in {timing['total_s']} s -> {out} (report: {out / 'report.json'})")
+           f"({report['rows_rejected']} rejected) in {timing['total_s']} s -> {shown} (report: {shown}/report.json)")
     bad = [u["path"] for u in report["files"]["unreadable"]]
     if bad:
         msg += f"; {len(bad)} unreadable file(s) skipped: " + ", ".join(bad)

@@ -13,13 +13,13 @@ from .gate import GateCfg
 
 
 class EvalData(Section):
-    curated: str = opt("", "a `rayft curate` output directory: val and golden come from "
+    curated: LocalPath = opt("", "a `rayft curate` output directory: val and golden come from "
                        "<curated>/<language>/{val,golden}/*.parquet")
     language: str = opt("", "with curated: which language's splits (en, zh, ...); default: the candidate "
                         "run's data.language")
-    val: str = opt("", "validation pairs (file, dir or glob in any supported format); default: the "
+    val: LocalPath = opt("", "validation pairs (file, dir or glob in any supported format); default: the "
                    "candidate run's own held-out split, recomputed from its config")
-    golden: str = opt("", "golden pairs (file, dir or glob); required unless curated is set")
+    golden: LocalPath = opt("", "golden pairs (file, dir or glob); required unless curated is set")
     format: Literal[("auto", *FORMATS)] = opt(  # type: ignore[valid-type]
         "auto", f"format of val/golden files: auto | {' | '.join(FORMATS)}")
     max_rows: int = opt(0, "score at most this many rows per split (0: all); taken in file order", ge=0)
@@ -55,7 +55,9 @@ class EvalResources(Section):
 
 
 class EvalConfig(Section):
-    candidate: str = opt("", "run directory written by `rayft train` (adapter/ or model/, tokenizer/, report.json)")
+    candidate: FsPath = opt("", "run directory written by `rayft train` (adapter/ or model/, tokenizer/, report.json): "
+                        "a local path or a run in a bucket (s3://bucket/runs/name?endpoint_override=...), fetched "
+                        "into a local cache; eval.json is then written beside it in the bucket")
     champion: str = opt("", "what to beat: '' (registry champion, else the base model) | base | a registry "
                         "version id or alias")
     output: LocalPath = opt("", "eval.json path (default: <candidate>/eval.json)")

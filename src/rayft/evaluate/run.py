@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .. import _env
+from .. import _env, objstore
 from ..config import ConfigError, StageRefused, to_dict
 from ..storage import atomic_write_json
 from . import data as eval_data
@@ -95,9 +95,25 @@ def _candidate_digest(run_dir: str) -> str | None:
     return run_artifact_digest(Path(run_dir).expanduser())
 
 
+def _fetch_candidate(uri: str) -> str:
+    """candidate=s3://... (a run trained with run.dir=s3://...): report.json, adapter/ or model/,
+    tokenizer/ (and an earlier eval.json) copied into a local cache directory keyed by the URI,
+    refreshed on every eval. Returns that directory."""
+    import shutil
+
+    from ..registry.commands import _fetch_run
+    dest = objstore.work_dir("eval-runs", uri)
+    shutil.rmtree(dest, ignore_errors=True)
+    return _fetch_run(uri, dest, key="candidate")
+
+
 def run_eval(cfg: EvalConfig) -> str:
-    """Evaluate, gate, optionally register/promote; returns the eval.json path."""
+    """Evaluate, gate, optionally register/promote; returns the eval.json path (a local path: for
+    a candidate in a bucket, its cached copy's eval.json, also copied beside the run in the bucket)."""
     t0 = time.time()
+    remote = objstore.filesystem(cfg.candidate) if objstore.is_remote(cfg.candidate) else None
+    if remote is not None:
+        cfg = cfg.model_copy(update={"candidate": _fetch_candidate(cfg.candidate)})
     cand = run_spec(cfg.candidate, "candidate")
     run_cfg = json.loads((Path(cfg.candidate).expanduser() / "report.json").read_text()).get("config") or {}
     tables = eval_data.eval_tables(cfg, run_cfg)
@@ -105,7 +121,7 @@ def run_eval(cfg: EvalConfig) -> str:
     table = pa.concat_tables([tables["val"], tables["golden"]])
     table = table.append_column("row", pa.array(range(table.num_rows), pa.int64()))
     print(f"[rayft] eval: {tables['val'].num_rows} val + {tables['golden'].num_rows} golden rows | candidate "
-          f"{cfg.candidate} vs champion {champ_ref}", file=sys.stderr)
+          f"{remote.shown if remote else cfg.candidate} vs champion {champ_ref}", file=sys.stderr)
     started = _env.ray_start(cfg.ray.address)
     try:
         rows = score_rows(table, cand, champ, cfg)
@@ -117,7 +133,7 @@ def run_eval(cfg: EvalConfig) -> str:
     decision = decide(metrics, cfg.gate)
     golden = [r for r in rows if r["split"] == "golden"][:3]
     report = {
-        "candidate": {"run": str(Path(cfg.candidate).expanduser().resolve()), "spec": cand,
+        "candidate": {"run": remote.shown if remote else str(Path(cfg.candidate).expanduser().resolve()), "spec": cand,
                       "artifact_digest": _candidate_digest(cfg.candidate)},
         "champion": champ_ref, "champion_version": champ_version, "champion_spec": champ,
         "data": {s: {"rows": t.num_rows, "hash": eval_data.digest(t)} for s, t in tables.items()},
@@ -130,7 +146,7 @@ def run_eval(cfg: EvalConfig) -> str:
         "command": " ".join(sys.argv), "time": time.time(), "wall_s": None,
     }
     out = Path(os.path.expanduser(cfg.output)) if cfg.output else Path(cfg.candidate).expanduser() / "eval.json"
-    report["path"] = str(out)
+    report["path"] = f"{remote.shown}/eval.json" if remote and not cfg.output else str(out)
     reg = _registry(cfg)
     if decision["accept"] and reg is not None and cfg.registry.register:
         from ..registry import RegistryError
@@ -144,6 +160,8 @@ def run_eval(cfg: EvalConfig) -> str:
             report["registry_error"] = str(e)
     report["wall_s"] = time.time() - t0
     atomic_write_json(out, report)
+    if remote is not None and not cfg.output:  # beside the run in the bucket (`rayft registry add` reads it)
+        objstore.upload(str(out), remote, "eval.json")
     from ..tracking import log_eval
     log_eval(cfg, Path(cfg.candidate), report, out)  # tracking=[...]: scores + gate on the candidate's run
     for line in decision["reasons"]:

@@ -128,7 +128,7 @@ def run_add(cfg: RegistryConfig) -> str:
     return m["version"]
 
 
-def _fetch_run(uri: str, dest: Path) -> str:
+def _fetch_run(uri: str, dest: Path, key: str = "run") -> str:
     """A finished run in object storage (``rayft train run.dir=s3://...``) copied to ``dest``:
     report.json, adapter/ or model/, tokenizer/ and eval.json (never the checkpoints). The
     registry re-hashes what it uploads, so nothing here is trusted beyond what a local run is."""
@@ -137,12 +137,12 @@ def _fetch_run(uri: str, dest: Path) -> str:
         loc = objstore.filesystem(uri)
         names = objstore.list_dir(loc)
         if "report.json" not in names:
-            raise ConfigError(f"run: {objstore.shown(uri)}: no report.json (is this a finished `rayft train` run?)")
+            raise ConfigError(f"{key}: {objstore.shown(uri)}: no report.json (is this a finished `rayft train` run?)")
         for name in ("report.json", "eval.json", "adapter", "model", "tokenizer"):
             if name in names:
                 objstore.download(loc, name, str(dest / name))
     except OSError as e:
-        raise ConfigError(f"run: {objstore.shown(uri)}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise ConfigError(f"{key}: {objstore.shown(uri)}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     return str(dest)
 
 

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import ValidationInfo, model_validator
 
-from ..config import ConfigError, FsPath, Section, complete, opt, section
+from ..config import ConfigError, FsPath, LocalPath, Section, complete, opt, section
 from ..data.formats import FORMATS
 from ..tracking.config import TRACKING_HELP, MlflowSection, WandbSection
 from ..tracking.config import Backend as TrackingBackend
@@ -26,13 +26,13 @@ class RunSection(Section):
 
 
 class DataSection(Section):
-    path: str = opt("", "pairs file, directory or glob (JSONL, JSON, Parquet or Arrow; a datasets "
-                    "save_to_disk folder; a glob may match folders)")
+    path: LocalPath = opt("", "pairs file, directory or glob (JSONL, JSON, Parquet or Arrow; a datasets "
+                          "save_to_disk folder; a glob may match folders); local paths")
     format: DataFormat = opt("auto", f"auto | {' | '.join(FORMATS)} "
                              "(auto detects per file from its first valid record)")
     val_fraction: float = opt(0.1, "fraction of pairs held out for validation, assigned by content "
                               "hash so a rerun gives the same split", ge=0, lt=1)
-    val_path: str = opt("", "optional separate validation file/dir/glob (then val_fraction is not used)")
+    val_path: LocalPath = opt("", "optional separate validation file/dir/glob (then val_fraction is not used)")
     max_seq_len: int = opt(512, "tokens per example; longer examples are truncated and counted", ge=8)
     system_prompt: str = opt("", "system message added to every example without its own")
     language: str = opt("", "keep only rows of this language (e.g. en or zh); empty keeps all")

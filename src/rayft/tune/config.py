@@ -5,11 +5,13 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from ..config import ConfigError, LocalPath, Section, opt, section
+from ..config import ConfigError, FsPath, Section, opt, section
 
 
 class SweepSection(Section):
-    dir: LocalPath = opt("sweeps", "parent directory of sweep directories (local path)")
+    dir: FsPath = opt("sweeps", "parent directory of sweep directories: a local path or a pyarrow.fs URI, e.g. "
+                      "s3://bucket/sweeps?endpoint_override=host:port&scheme=http (Tune's experiment, the "
+                      "trials' runs and the summary files go to the bucket)")
     name: str = opt("sweep", "sweep name; the sweep directory is sweep.dir/sweep.name. Rerunning the same "
                     "name resumes an interrupted sweep (Tuner.restore) instead of starting over")
     overwrite: bool = opt(False, "delete an existing sweep directory of this name and start from scratch")

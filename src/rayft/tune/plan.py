@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ConfigError, deep_merge, read_yaml, to_dict
+from .. import objstore
+from ..config import ConfigError, deep_merge, read_yaml, to_dict, uri_scheme
 from ..train.config import TrainConfig
 from .config import SweepConfig
 from .space import Param, flatten, nest, parse_space, trial_config
@@ -22,6 +23,12 @@ class Plan:
     search: str                     # random | optuna
     max_steps: int                  # largest train.max_steps any trial can have (ASHA max_t)
     spec: dict = field(default_factory=dict)  # what must match for a rerun to resume this sweep
+    location: objstore.Location | None = None  # sweep.dir=s3://...: the sweep in the bucket (sweep_dir: local copy)
+
+    @property
+    def shown(self) -> str:
+        """The sweep directory as output names it (no keys)."""
+        return self.location.shown if self.location else str(self.sweep_dir)
 
 
 def make_plan(scfg: SweepConfig) -> Plan:
@@ -67,10 +74,17 @@ def make_plan(scfg: SweepConfig) -> Plan:
             raise ConfigError(f"scheduler.grace_period={scfg.scheduler.grace_period} >= train.max_steps="
                               f"{max_steps}: ASHA could never stop a trial early; lower it or use "
                               "scheduler.kind=none")
-    sweep_dir = Path(os.path.expanduser(scfg.sweep.dir)) / scfg.sweep.name
+    d, loc = scfg.sweep.dir, None
+    if objstore.is_remote(d):  # Tune's experiment, the trials and the summary files go to the bucket
+        loc = objstore.filesystem(d).child(scfg.sweep.name)
+        sweep_dir = objstore.work_dir("sweeps", d) / scfg.sweep.name
+    elif uri_scheme(d) == "file":
+        sweep_dir = Path(objstore.filesystem(d).path) / scfg.sweep.name
+    else:
+        sweep_dir = Path(os.path.expanduser(d)) / scfg.sweep.name
     spec = {"base": base, "space": {p.key: {p.kind: p.values} for p in params}, "search": search,
             "num_samples": scfg.sweep.num_samples, "seed": scfg.sweep.seed, "scheduler": to_dict(scfg.scheduler)}
-    return Plan(sweep_dir, base, base_cfg, params, search, max_steps, json.loads(json.dumps(spec)))
+    return Plan(sweep_dir, base, base_cfg, params, search, max_steps, json.loads(json.dumps(spec)), loc)
 
 
 def check_resumable(plan: Plan, saved: dict) -> None:
@@ -82,6 +96,6 @@ def check_resumable(plan: Plan, saved: dict) -> None:
     if "base" in diff:
         a, b = flatten(saved.get("base") or {}), flatten(plan.spec["base"])
         detail = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    raise ConfigError(f"sweep {plan.sweep_dir} already exists with a different {', '.join(diff)}"
+    raise ConfigError(f"sweep {plan.shown} already exists with a different {', '.join(diff)}"
                       + (f" ({'; '.join(detail[:5])})" if detail else "")
                       + "; rerun with the same config to resume it, or set sweep.overwrite=true or a new sweep.name")

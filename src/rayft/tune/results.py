@@ -6,6 +6,7 @@ import io
 import json
 from pathlib import Path
 
+from ..objstore import shown
 from ..storage import atomic_write_json, atomic_write_text, read_jsonl
 
 
@@ -45,8 +46,11 @@ def pick_best(rows: list[dict]) -> dict | None:
     return min(done, key=lambda r: (r["val_loss"], r["trial_id"])) if done else None
 
 
-def write_results(sweep_dir: Path, rows: list[dict], best: dict | None, extra: dict) -> dict:
-    """results.csv, results.json, best.json (+ best_config.yaml) and sweep.png; returns best.json."""
+def write_results(sweep_dir: Path, rows: list[dict], best: dict | None, extra: dict,
+                  local: dict | None = None) -> dict:
+    """results.csv, results.json, best.json (+ best_config.yaml) and sweep.png; returns best.json.
+    ``local``: trial id -> the local directory holding its files when run_dir names a bucket."""
+    local = local or {}
     cols = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols)
@@ -56,20 +60,20 @@ def write_results(sweep_dir: Path, rows: list[dict], best: dict | None, extra: d
     atomic_write_json(sweep_dir / "results.json", {**extra, "trials": rows})
     out = {}
     if best:
-        run_dir = Path(best["run_dir"])
-        cfg_text = (run_dir / "config.yaml").read_text()
+        run_dir = best["run_dir"]
+        cfg_text = (Path(local.get(best["trial_id"], run_dir)) / "config.yaml").read_text()
         atomic_write_text(sweep_dir / "best_config.yaml", cfg_text)
         out = {"trial_id": best["trial_id"], "val_loss": best["val_loss"], "run_dir": best["run_dir"],
-               "checkpoint": best["checkpoint"], "adapter": str(run_dir / "adapter"),
+               "checkpoint": best["checkpoint"], "adapter": (f"{shown(run_dir)}/adapter" if "://" in run_dir else str(Path(run_dir) / "adapter")),
                "params": {k[6:]: v for k, v in best.items() if k.startswith("param:")},
                "config": str(sweep_dir / "best_config.yaml"),
                "eval_command": f"rayft eval --config configs/eval.yaml candidate={best['run_dir']}"}
         atomic_write_json(sweep_dir / "best.json", out)
-    plot_sweep(rows, best, sweep_dir / "sweep.png")
+    plot_sweep(rows, best, sweep_dir / "sweep.png", local)
     return out
 
 
-def plot_sweep(rows: list[dict], best: dict | None, out: Path) -> None:
+def plot_sweep(rows: list[dict], best: dict | None, out: Path, local: dict | None = None) -> None:
     """Validation loss against step, one line per trial; stopped trials dashed, the best bold."""
     import matplotlib
     matplotlib.use("Agg")
@@ -77,7 +81,7 @@ def plot_sweep(rows: list[dict], best: dict | None, out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)
     for r in rows:
-        pts = [(m["step"], m["val_loss"]) for m in read_jsonl(Path(r["run_dir"]) / "metrics.jsonl")
+        pts = [(m["step"], m["val_loss"]) for m in read_jsonl(Path((local or {}).get(r["trial_id"], r["run_dir"])) / "metrics.jsonl")
                if m.get("val_loss") is not None]
         if not pts:
             continue

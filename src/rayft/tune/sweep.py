@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from .. import _env
+from .. import _env, objstore
 from ..config import to_dict
 from ..data.formats import DataError
 from ..storage import atomic_write_json, atomic_write_text
@@ -87,8 +87,47 @@ def _new_tuner(plan: Plan, scfg: SweepConfig, trainable, concurrency: int):
                                     num_samples=scfg.sweep.num_samples,
                                     max_concurrent_trials=concurrency if plan.search == "optuna" else None,
                                     trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(name="tune", storage_path=str(plan.sweep_dir.resolve()), verbose=1,
+        run_config=tune.RunConfig(name="tune", **_storage(plan), verbose=1,
                                   failure_config=tune.FailureConfig(max_failures=scfg.sweep.trial_retries)))
+
+
+def _storage(plan: Plan) -> dict:
+    """Where Tune keeps the experiment: the sweep directory, or the bucket (sweep.dir=s3://...)."""
+    if plan.location is None:
+        return {"storage_path": str(plan.sweep_dir.resolve())}
+    return {"storage_path": plan.location.path, "storage_filesystem": plan.location.fs}
+
+
+def _publish(plan: Plan, names: list[str]) -> None:
+    """sweep.dir=s3://...: copy the sweep's own files up (one PUT each: never a partial object)."""
+    for name in names:
+        if plan.location is not None and (plan.sweep_dir / name).is_file():
+            objstore.upload(str(plan.sweep_dir / name), plan.location, name)
+
+
+def _trial_rows(plan: Plan, grid) -> tuple[list[dict], dict]:
+    """One results row per trial, and trial id -> the local directory its files are read from.
+    In the bucket: each trial's metrics.jsonl, report.json and config.yaml are copied into the
+    sweep's local copy (the trial may have run on another node) and the row names the bucket."""
+    rows, local = [], {}
+    keys = {p.key for p in plan.params}
+    for r in grid:
+        tid = Path(r.path).name
+        params = {k: v for k, v in (r.config or {}).items() if k in keys}
+        run_dir = plan.sweep_dir / "trials" / tid
+        if plan.location is not None:
+            loc = plan.location.child("trials").child(tid)
+            for name in ("metrics.jsonl", "report.json", "config.yaml"):
+                if objstore.exists(loc, name):
+                    objstore.download(loc, name, str(run_dir / name))
+        row = trial_row(tid, params, run_dir, repr(r.error) if r.error else None)
+        if plan.location is not None:
+            ck = [n for n in objstore.list_dir(loc, "checkpoints") if objstore.exists(loc, f"checkpoints/{n}/state.json")]
+            row.update(run_dir=objstore.public(loc.uri), checkpoint=f"{loc.shown}/checkpoints/{ck[-1]}" if ck else None)
+        local[tid] = run_dir
+        rows.append(row)
+    rows.sort(key=lambda r: r["trial_id"])
+    return rows, local
 
 
 def run_sweep(scfg: SweepConfig) -> str:
@@ -100,6 +139,13 @@ def run_sweep(scfg: SweepConfig) -> str:
     if scfg.sweep.overwrite and sweep_dir.exists():
         shutil.rmtree(sweep_dir)
     saved = sweep_dir / "sweep.json"
+    if plan.location is not None:  # a fresh local copy; what a resume must match is in the bucket
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+        if scfg.sweep.overwrite:
+            objstore.delete_dir(plan.location)
+            shutil.rmtree(objstore.work_dir("runs", plan.location.child("trials").uri), ignore_errors=True)
+        elif objstore.exists(plan.location, "sweep.json"):
+            objstore.download(plan.location, "sweep.json", str(saved))
     resumed_sweep = saved.is_file()
     if saved.is_file():
         check_resumable(plan, json.loads(saved.read_text()))
@@ -112,6 +158,7 @@ def run_sweep(scfg: SweepConfig) -> str:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(saved, plan.spec)
     atomic_write_text(sweep_dir / "sweep.yaml", yaml.safe_dump(to_dict(scfg), sort_keys=False, allow_unicode=True))
+    _publish(plan, ["sweep.json", "sweep.yaml"])
     from .. import tracking  # tracking=[mlflow] in the recipe: a parent run, the trials its children
     parent = tracking.start(plan.base_cfg, sweep_dir, sweep_dir.name, resumed=resumed_sweep, kind="sweep",
                             params_of=scfg)
@@ -144,18 +191,22 @@ def _tune(scfg: SweepConfig, plan, data: dict, t0: float, per_trial: dict, concu
     if scfg.sweep.trial_memory_gb:
         driver["memory"] = int(scfg.sweep.trial_memory_gb * 2**30)
     reaper = Reaper.remote()  # frees stopped trials' worker placement groups (see reaper.py)
+    trials_dir = plan.location.child("trials").uri if plan.location else str((sweep_dir / "trials").resolve())
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=plan.base, shared=shared, reaper=reaper,
-                             trials_dir=str((sweep_dir / "trials").resolve())),
+        tune.with_parameters(run_trial, base=plan.base, shared=shared, reaper=reaper, trials_dir=trials_dir,
+                             storage_env=objstore.env_of(trials_dir)),
         driver)
-    tune_dir = sweep_dir / "tune"
-    resumed = tune.Tuner.can_restore(str(tune_dir.resolve()))
-    print(f"[rayft] sweep {sweep_dir} | {len(plan.params)} searched keys, {plan.search} search, "
+    st = _storage(plan)
+    tune_dir = f"{st['storage_path']}/tune"
+    fs = st.get("storage_filesystem")
+    resumed = tune.Tuner.can_restore(tune_dir, storage_filesystem=fs)
+    print(f"[rayft] sweep {plan.shown} | {len(plan.params)} searched keys, {plan.search} search, "
           f"{scfg.sweep.num_samples} samples, scheduler {scfg.scheduler.kind} | per trial "
           + ", ".join(f"{k} {v / 2**30:.1f} GB" if k == "memory" else f"{k} {v:g}" for k, v in per_trial.items())
           + f" -> {concurrency} at once" + (" | resuming (Tuner.restore)" if resumed else ""), file=sys.stderr)
     if resumed:
-        tuner = tune.Tuner.restore(str(tune_dir.resolve()), trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=fs)
     else:
         tuner = _new_tuner(plan, scfg, trainable, concurrency)
     grid = tuner.fit()
@@ -166,26 +217,22 @@ def _tune(scfg: SweepConfig, plan, data: dict, t0: float, per_trial: dict, concu
         time.sleep(1)
     reaped = ray.get(reaper.stats.remote())["reaped"]
 
-    rows = []
-    for r in grid:
-        tid = Path(r.path).name
-        params = {k: v for k, v in (r.config or {}).items() if k in {p.key for p in plan.params}}
-        rows.append(trial_row(tid, params, sweep_dir / "trials" / tid, repr(r.error) if r.error else None))
-    rows.sort(key=lambda r: r["trial_id"])
+    rows, local = _trial_rows(plan, grid)
     best = pick_best(rows)
-    extra = {"sweep_dir": str(sweep_dir), "search": plan.search, "scheduler": scfg.scheduler.kind,
+    extra = {"sweep_dir": plan.shown, "search": plan.search, "scheduler": scfg.scheduler.kind,
              "concurrency": concurrency, "per_trial_resources": per_trial, "resumed": resumed,
              "placement_groups_reaped": len(reaped),
              "wall_s": time.time() - t0, "best": best and best["trial_id"]}
-    out = write_results(sweep_dir, rows, best, extra)
+    out = write_results(sweep_dir, rows, best, extra, local)
+    _publish(plan, ["results.csv", "results.json", "best.json", "best_config.yaml", "sweep.png"])
     parent.artifacts([sweep_dir / "results.csv", sweep_dir / "sweep.png"])
     parent.finish(sweep_dir, ok=bool(best), extra={"best_trial": best and best["trial_id"],
                                                     "best_val_loss": best and best["val_loss"]})
     _print_table(rows, best)
     if not best:
-        raise RuntimeError(f"no trial finished; see {sweep_dir / 'results.csv'}")
+        raise RuntimeError(f"no trial finished; see {plan.shown}/results.csv")
     print(f"[rayft] best {best['trial_id']} val loss {best['val_loss']:.4f} {out['params']} | "
-          f"results {sweep_dir / 'results.csv'} | plot {sweep_dir / 'sweep.png'} | "
+          f"results {plan.shown}/results.csv | plot {plan.shown}/sweep.png | "
           f"evaluate: {out['eval_command']}", file=sys.stderr)
     return best["run_dir"]
 

@@ -45,10 +45,15 @@ def finished_report(run_dir: Path) -> dict | None:
     return rep if rep.get("finished") else None
 
 
-def run_trial(config: dict, base: dict, shared: dict, trials_dir: str, reaper=None) -> None:
+def run_trial(config: dict, base: dict, shared: dict, trials_dir: str, reaper=None, storage_env=None) -> None:
     """Tune function trainable. ``config``: the sampled {dotted key: value}; ``shared``:
     data_key -> (Prepared, tokenized datasets) made once on the sweep driver; ``reaper``:
-    the sweep's reaper.Reaper (frees the workers' placement group if this trial is stopped)."""
+    the sweep's reaper.Reaper (frees the workers' placement group if this trial is stopped);
+    ``storage_env``: the driver's AWS_* variables for a trials_dir in a bucket (objstore.env_of),
+    used where this node's environment has none."""
+    import os
+    for k, v in (storage_env or {}).items():
+        os.environ.setdefault(k, v)
     from ray import tune
 
     from ..train.launch import run_training
@@ -57,7 +62,8 @@ def run_trial(config: dict, base: dict, shared: dict, trials_dir: str, reaper=No
     # Stable run name = trial id: a restored trial reruns into the same run dir and
     # run_training resumes from its latest checkpoint there.
     cfg = trial_config(base, config, dir=trials_dir, name=trial_id, overwrite=False)
-    run_dir = Path(trials_dir) / trial_id
+    from ..train.remote import local_run_dir
+    run_dir = local_run_dir(cfg)  # trials_dir in a bucket: the run's local staging directory
     # when each attempt of this trial started (a restored sweep adds one): the sweep's
     # concurrency and its resume behaviour can be checked from these
     log = json.loads((run_dir / "trial.json").read_text()) if (run_dir / "trial.json").is_file() else {}
