@@ -42,12 +42,19 @@ def straight(ray_session, tmp_path_factory, data_with_bad_rows):
     runs = tmp_path_factory.mktemp("runs")
     import io
     from contextlib import redirect_stdout
+    from rayft.testing.prometheus import Scraper
     buf = io.StringIO()
-    with redirect_stdout(buf):
+    with redirect_stdout(buf), Scraper("ray_rayft_train_") as scraped:  # the Ray dashboard metrics, live
         rc = main(["train", "--config", str(REPO / "configs/tiny.yaml"), f"run.dir={runs}", "run.name=straight",
                    f"data.path={data_with_bad_rows}", "generate.max_new_tokens=8"])
+        scraped.wait_for(lambda sc: all(sc.series("ray_rayft_train_step", run="straight", rank=r)[-1:] == [20.0]
+                                        for r in "01"), timeout_s=30)
+    SCRAPED["straight"] = scraped
     assert rc == 0
     return runs / "straight", buf.getvalue()
+
+
+SCRAPED = {}  # run name -> the Scraper that read the nodes' Prometheus endpoints during it
 
 
 def test_report_contract(straight, data_with_bad_rows):
@@ -89,6 +96,23 @@ def test_report_contract(straight, data_with_bad_rows):
     state = json.loads((ck[-1] / "state.json").read_text())
     assert state["step"] == 20 and state["scheduler"] and state["optimizer"]["param_groups"]
     assert {"optimizer.safetensors", "rng_rank0.safetensors", "rng_rank1.safetensors"} <= {p.name for p in ck[-1].iterdir()}
+
+
+def test_ray_dashboard_metrics(straight):
+    """Every worker's step, loss, tokens/s and RSS reach the node's Prometheus endpoint (Ray's
+    metrics agent runs with include_dashboard=False too), tagged with the run name and rank."""
+    sc = SCRAPED["straight"]
+    assert sc.urls and sc.scrapes > 0, sc.errors[:3]
+    for rank in "01":
+        s = {n: sc.series(f"ray_rayft_train_{n}", run="straight", rank=rank)
+             for n in ("step", "max_steps", "loss", "tokens_per_s", "rss_bytes", "peak_rss_bytes", "steps_total")}
+        assert s["step"] and s["step"][-1] == 20.0, (rank, s["step"])  # the last logged step = max_steps
+        assert s["step"] == sorted(s["step"]) and set(s["step"]) <= {1.0, 5.0, 10.0, 15.0, 20.0}
+        assert s["max_steps"] == [20.0] and s["steps_total"][-1] == 20.0
+        assert all(0 < v < 20 for v in s["loss"]) and all(v > 0 for v in s["tokens_per_s"]), s
+        assert all(100e6 < v < 4e9 for v in s["rss_bytes"] + s["peak_rss_bytes"]), s
+    rep = json.loads((straight[0] / "report.json").read_text())  # loss: the run's, the same on every rank
+    assert sc.series("ray_rayft_train_loss", run="straight", rank="0")[-1] == pytest.approx(rep["loss_last"])
 
 
 def test_adapter_reloads_and_export_generates(straight, tmp_path):

@@ -40,6 +40,7 @@ from . import checkpoint as ckpt_io
 from .build import epoch_order_seed, worker_torch_seed
 from .config import TrainConfig
 from .memory import GB
+from .raymetrics import TrainMetrics
 from .watchdog import RssWatchdog, peak_rss_bytes, stop_message
 
 Row = tuple  # (input_ids, labels, row_idx, truncated)
@@ -205,6 +206,7 @@ class Worker:
             self.stop_at = min(self.stop_at, self.step + cfg.train.stop_after_steps)
         self.epoch = 0
         self.window = Window()
+        self.raymetrics = TrainMetrics(cfg.run.name, self.rank)  # Ray dashboard / Prometheus gauges
 
     # ---- set-up ------------------------------------------------------------------------------
     def _new_engine(self):
@@ -289,6 +291,7 @@ class Worker:
             counts += c
         self.engine.step()
         self.step += 1
+        self.raymetrics.add_tokens(counts[0])  # this worker's own tokens (counts are summed below)
         loss = self.faults.after_step(self.step, loss, self.engine, self.guard)
         gl, *totals, trips = self.all_sum([loss, *counts.tolist(), float(self.watchdog.tripped.is_set())])
         return gl / self.world, tuple(totals), trips > 0
@@ -375,6 +378,7 @@ class Worker:
         """Append the metrics row (rank 0) and report it to Ray Train, with a checkpoint when due."""
         import ray.train
 
+        self.raymetrics.record(metrics, peak_rss_bytes())
         extra = {"stopped": metrics["memory_stop"]} if "memory_stop" in metrics else {}
         if checkpoint:
             self.guard.on_checkpoint(self.step)  # every loss since the last one was finite (else we rolled back)
