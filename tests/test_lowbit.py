@@ -114,3 +114,91 @@ def test_estimate_counts_the_base_in_two_bytes():
     shape = model_shape(full, "tiny-qwen2")
     a, b = estimate(full, shape).parts, estimate(half, shape).parts
     assert b["weights"] == a["weights"] / 2 and b["optimizer"] == a["optimizer"]
+
+
+# ---- model.quantize=int8 / nf4: bitsandbytes' layers under peft's bnb LoRA layers -----------------
+@pytest.mark.parametrize("mode,ratio", [("int8", 0.27), ("nf4", 0.14)])
+def test_bnb_base_shrinks_trains_lora_only_and_exports(tok, batch, tmp_path, mode, ratio):
+    import bitsandbytes as bnb
+    from peft import PeftModel
+
+    from rayft.train.lowbit import BASE_BYTES, dequantized_base, quantized_param_names
+
+    cfg = load(TrainConfig, REPO / "configs/tiny.yaml", [f"model.quantize={mode}", "lora.dropout=0"])
+    src = resolve_source(cfg.model.name)
+    layer = bnb.nn.Linear8bitLt if mode == "int8" else bnb.nn.Linear4bit
+
+    # the decoder's linear weights in about BASE_BYTES per parameter, scales included
+    fp = load_model(src, tok, "float32", seed=0)
+    q = store_base_compact(load_model(src, tok, "bfloat16", seed=0), mode)
+    qlin = [m for m in q.modules() if isinstance(m, layer)]
+    n = sum(m.in_features * m.out_features for m in qlin)
+    assert len(qlin) == sum(type(m) is torch.nn.Linear for m in fp.modules()) - 1  # all but the tied lm_head
+    qbytes = sum(m.weight.numel() * m.weight.element_size() for m in qlin)
+    if mode == "int8":
+        qbytes += sum(m.weight.SCB.numel() * 4 for m in qlin)
+    else:  # 4-bit data + double-quantized block scales
+        st = [m.weight.quant_state for m in qlin]
+        qbytes += sum(s.absmax.numel() + s.state2.absmax.numel() * 4 + s.state2.code.numel() * 4 / len(st) for s in st)
+    assert qbytes / (4 * n) < ratio and abs(qbytes / n - BASE_BYTES[mode]) < 0.1 * BASE_BYTES[mode]
+
+    # LoRA on it: peft's own bnb layers, only the LoRA weights get gradients, the base never moves
+    model = build_model(cfg, src, tok)
+    wrapped = [m for m in model.modules() if hasattr(m, "lora_A")]
+    assert wrapped and all(type(m).__module__ == "peft.tuners.lora.bnb" for m in wrapped)
+    names = quantized_param_names(model)
+    assert names and model._ddp_params_and_buffers_to_ignore == names
+    params = dict(model.named_parameters())
+    before = {k: params[k].data.clone() for k in names}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    opt = torch.optim.AdamW(trainable, lr=3e-3)
+    losses = []
+    for _ in range(12):
+        out = model(**batch)
+        assert torch.isfinite(out.loss)
+        out.loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)
+        assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(out.loss))
+    assert losses[-1] < losses[0] - 0.1, losses
+    assert all(torch.equal(params[k].data, before[k]) for k in names)
+
+    # `rayft export`'s merge: the adapter on the dequantized fp32 base = the trained model
+    model.eval()
+    model.save_pretrained(str(tmp_path / "adapter"), safe_serialization=True)
+    with torch.no_grad():
+        want = model(**batch).logits
+        base = dequantized_base(base_model(cfg, src, tok), mode)
+        assert {p.dtype for p in base.parameters()} == {torch.float32}
+        merged = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).merge_and_unload().eval()
+        assert not any(isinstance(m, layer) for m in merged.modules())
+        got = merged(**batch).logits
+    # nf4: the same dequantized weights; int8: bitsandbytes' int8 matmul also rounds the activations
+    tol = 2e-3 if mode == "nf4" else 5e-2
+    assert float((got - want).abs().max()) < tol * float(want.abs().max())
+
+
+@pytest.mark.parametrize("mode", ["int8", "nf4"])
+def test_bnb_quantize_refuses_other_methods(mode):
+    with pytest.raises(ConfigError, match=f"model.quantize={mode} .*train.method=lora"):
+        load(TrainConfig, REPO / "configs/tiny.yaml", [f"model.quantize={mode}", "train.method=full"])
+
+
+def test_estimate_counts_the_quantized_base():
+    from rayft.train.lowbit import BASE_BYTES
+    from rayft.train.memory import estimate
+    from rayft.train.shape import model_shape
+
+    full = load(TrainConfig, REPO / "configs/tiny.yaml", [])
+    shape = model_shape(full, "tiny-qwen2")
+    base = estimate(full, shape).parts
+    for mode in ("int8", "nf4"):
+        q = estimate(load(TrainConfig, REPO / "configs/tiny.yaml", [f"model.quantize={mode}"]), shape).parts
+        assert q["weights"] == pytest.approx((shape.n_params - shape.embed_params) * BASE_BYTES[mode]
+                                             + shape.embed_params * 2)
+        assert q["weights"] < base["weights"] / 2 and q["optimizer"] == base["optimizer"]
+        steady = sum(v for k, v in q.items() if k not in ("runtime", "load"))
+        assert q["load"] == max(0.0, 2 * shape.n_params - steady)  # the bf16 load before quantizing

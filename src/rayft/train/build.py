@@ -46,7 +46,8 @@ def base_model(cfg: TrainConfig, source: str, tok):
     architecture of ``source`` with seeded random weights."""
     from ..models.load import is_tiny, load_model, torch_dtype
 
-    dtype = "bfloat16" if cfg.model.quantize == "bf16-storage" else cfg.model.dtype  # lowbit.py upcasts the rest
+    # a compact base is loaded in bf16 (no fp32 copy ever exists); lowbit.py quantizes / upcasts the rest
+    dtype = "bfloat16" if cfg.model.quantize != "none" else cfg.model.dtype
     if cfg.model.init == "random" and not is_tiny(source):
         from transformers import AutoModelForCausalLM
 
@@ -60,7 +61,7 @@ def base_model(cfg: TrainConfig, source: str, tok):
 def build_model(cfg: TrainConfig, source: str, tok):
     """Base model (+ gradient checkpointing) (+ LoRA adapter, identically seeded on every worker)."""
     model = base_model(cfg, source, tok)
-    if cfg.model.quantize != "none":  # a compact frozen base for LoRA (lowbit.py; loaded in bf16)
+    if cfg.model.quantize != "none":  # a compact frozen base for LoRA (lowbit.py: bitsandbytes / bf16)
         from ..models.load import torch_dtype
         from .lowbit import store_base_compact
         store_base_compact(model, cfg.model.quantize, torch_dtype(cfg.model.dtype))
@@ -84,6 +85,10 @@ def build_model(cfg: TrainConfig, source: str, tok):
 
             from .checkpoint import load_trainable_weights
             load_trainable_weights(model, Path(cfg.model.adapter).parent, "lora")
+        if cfg.model.quantize != "none":
+            from .lowbit import quantized_param_names
+            # frozen and identical on every worker: DDP neither broadcasts nor buckets them
+            model._ddp_params_and_buffers_to_ignore = quantized_param_names(model)
     return model
 
 

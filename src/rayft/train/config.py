@@ -70,10 +70,13 @@ class ModelSection(Section):
     adapter: str = opt("", "train.method=lora: start from this adapter directory's weights "
                        "(adapter_model.safetensors; e.g. a registry champion's artifacts/adapter) instead "
                        "of a fresh LoRA init; lora.r and lora.target_modules must match it")
-    quantize: Literal["none", "bf16-storage"] = opt(
-        "none", "train.method=lora: how the frozen base is stored. none (model.dtype) | bf16-storage (every "
-        "linear and embedding weight of the base stored bfloat16, half the bytes, computed in fp32 on CPU; "
-        "LoRA weights and norms fp32; rayft.train.lowbit). int8 / nf4 are not implemented yet")
+    quantize: Literal["none", "int8", "nf4", "bf16-storage"] = opt(
+        "none", "train.method=lora: how the frozen base is stored. none (model.dtype) | int8 (base linear "
+        "layers in 8 bits + a scale per row, ~1 byte/param) | nf4 (4-bit NormalFloat, QLoRA's format, ~0.52 "
+        "byte/param) - both quantized by bitsandbytes (CPU backend), computed in fp32, embeddings stored "
+        "bf16 | bf16-storage (every linear and embedding weight of the base stored bfloat16, half the "
+        "bytes, computed in fp32 on CPU). LoRA weights and norms fp32 (rayft.train.lowbit); `rayft export` "
+        "merges into the fp32 base the adapter was trained against")
 
 
 class LoraSection(Section):

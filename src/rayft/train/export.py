@@ -48,7 +48,13 @@ def export_merged(run_dir: Path, out: Path) -> Path:
     if (run_dir / "adapter").exists():
         from peft import PeftModel
         source = resolve_source(cfg["model"]["name"])
-        base = load_model(source, tok, "float32", cfg["model"]["trust_remote_code"], cfg["run"]["seed"])
+        quant = cfg["model"].get("quantize", "none")
+        if quant in ("int8", "nf4"):  # the base the adapter was trained against, dequantized to fp32
+            from .lowbit import dequantized_base
+            base = dequantized_base(load_model(source, tok, "bfloat16", cfg["model"]["trust_remote_code"],
+                                               cfg["run"]["seed"]), quant)
+        else:
+            base = load_model(source, tok, "float32", cfg["model"]["trust_remote_code"], cfg["run"]["seed"])
         model = PeftModel.from_pretrained(base, str(run_dir / "adapter")).merge_and_unload()
     elif (run_dir / "model").exists():
         model = load_model(str(run_dir / "model"), tok, "float32")

@@ -11,12 +11,32 @@ fp32, and the LoRA weights are the only ones trained. Applied before peft wraps 
 peft's LoRA layers see an ordinary ``nn.Linear`` base layer (adapters kept fp32 by peft's
 ``autocast_adapter_dtype``). The adapter is trained against the bf16-rounded base; `rayft
 export` merges it into the full-precision base (as QLoRA adapters are merged).
+
+``int8`` / ``nf4``: every ``nn.Linear`` of the base except the output embedding (lm_head) is
+replaced by bitsandbytes' own layer (``bnb.nn.Linear8bitLt``, LLM.int8 with per-row scales and
+``threshold=0``; ``bnb.nn.Linear4bit`` with ``quant_type="nf4"`` and double-quantized block
+scales, QLoRA's format), quantized by bitsandbytes on its CPU backend (no quantizer here); the
+embedding / tied lm_head take the ``bf16-storage`` path above. The model is flagged
+``is_loaded_in_8bit`` / ``is_loaded_in_4bit`` as transformers flags a bnb-loaded model, so peft
+dispatches its own bnb LoRA layers (peft/tuners/lora/bnb.py). Chosen by measurement (CPU,
+Qwen2 h512 x 4 layers, LoRA r8 on q/k/v/o, 4 x 128 tokens, loaded machine; fp32 1.14-1.29 s/step):
+bitsandbytes 0.50 int8 1.74 s / nf4 1.73 s (0.25x / 0.13x the fp32 linear bytes); torchao 0.18
+int8 1.50 s but its nf4 (NF4Tensor, no peft layer) 2.73 s and peft's torchao layer refuses 4-bit;
+optimum-quanto 0.2.7 int8 1.08 s but no nf4 (qint4 JIT-builds C++ kernels, >5 min). Only
+bitsandbytes covers both modes on CPU with peft's maintained integration. Export merges the adapter
+into ``dequantized_base`` - the exact base the adapter was trained against, stored fp32.
 """
 from __future__ import annotations
 
 import torch
 
-QUANTIZE = ("none", "bf16-storage")
+QUANTIZE = ("none", "int8", "nf4", "bf16-storage")
+BNB_MODES = ("int8", "nf4")
+#: resident bytes per quantized (non-embedding) base parameter, scales included (memory.estimate):
+#: int8 = 1 byte + one fp32 scale per output row; nf4 = 4 bits + an 8-bit absmax per 64-block whose
+#: fp32 second-level scales cover 256 blocks (bitsandbytes' double quantization). Measured on
+#: the tiny model by tests/test_lowbit.py.
+BASE_BYTES = {"int8": 1.01, "nf4": 0.52}
 
 
 class _FrozenLinearFn(torch.autograd.Function):
@@ -56,7 +76,9 @@ def store_base_compact(model: torch.nn.Module, mode: str, compute_dtype=torch.fl
     parameter (norms, biases) is cast to ``compute_dtype``."""
     if mode == "none":
         return model
-    if mode != "bf16-storage":
+    if mode in BNB_MODES:
+        _bnb_linears(model, mode, compute_dtype)
+    elif mode != "bf16-storage":
         raise ValueError(f"model.quantize: expected one of {', '.join(QUANTIZE)}, got {mode!r}")
     seen: set[int] = set()
     for m in model.modules():
@@ -76,3 +98,76 @@ def store_base_compact(model: torch.nn.Module, mode: str, compute_dtype=torch.fl
         if id(p) not in seen and p.is_floating_point() and p.dtype != compute_dtype:
             p.data = p.data.to(compute_dtype)
     return model
+
+
+def _bnb_linears(model: torch.nn.Module, mode: str, compute_dtype) -> None:
+    """Replace every plain ``nn.Linear`` but the output embedding by its bitsandbytes layer
+    (quantized now, on the weight's device, by bitsandbytes); frees the float weights."""
+    import bitsandbytes as bnb
+
+    out_emb = model.get_output_embeddings()
+    for name, lin in list(model.named_modules()):
+        if type(lin) is not torch.nn.Linear or lin is out_emb:
+            continue
+        w, has_bias = lin.weight.data, lin.bias is not None
+        if mode == "int8":
+            new = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features, has_bias, has_fp16_weights=False,
+                                      threshold=0.0, device="meta")
+            new.weight = bnb.nn.Int8Params(w, requires_grad=False, has_fp16_weights=False)
+        else:
+            new = bnb.nn.Linear4bit(lin.in_features, lin.out_features, has_bias, compute_dtype=compute_dtype,
+                                    quant_type="nf4", device="meta")
+            new.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4", module=new)
+        if has_bias:
+            new.bias = torch.nn.Parameter(lin.bias.data.to(compute_dtype), requires_grad=False)
+        new = new.to(w.device)  # bitsandbytes quantizes on the move to a device
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new)
+        del lin, w
+    # as transformers flags a model loaded with BitsAndBytesConfig: peft then wraps these layers
+    # with its bnb LoRA layers (peft/tuners/lora/bnb.py)
+    setattr(model, "is_loaded_in_8bit" if mode == "int8" else "is_loaded_in_4bit", True)
+
+
+def quantized_param_names(model: torch.nn.Module) -> list[str]:
+    """Names of the bitsandbytes-quantized parameters (frozen; DDP need not broadcast them: every
+    worker quantizes the same seeded/loaded base identically)."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return []
+    return [n for n, p in model.named_parameters() if isinstance(p, (bnb.nn.Int8Params, bnb.nn.Params4bit))]
+
+
+def dequantize_linear(module: torch.nn.Module, dtype=torch.float32) -> torch.Tensor:
+    """The float weight a bitsandbytes layer computes with (bitsandbytes' own dequantizers)."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as F
+
+    w = module.weight
+    if isinstance(w, bnb.nn.Params4bit):
+        return F.dequantize_4bit(w.data, w.quant_state).to(dtype)
+    return F.int8_vectorwise_dequant(w.data, w.SCB).to(dtype)
+
+
+def dequantized_base(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """The base a ``model.quantize=mode`` adapter was trained against, in fp32 ``nn.Linear`` /
+    ``nn.Embedding`` (what `rayft export` merges into): ``model`` - loaded in bf16 exactly as the
+    workers load it - is quantized by bitsandbytes and dequantized back; for bf16-storage the
+    bf16-rounded weights. Returns a plain HF model, every parameter fp32."""
+    if mode in BNB_MODES:
+        import bitsandbytes as bnb
+
+        _bnb_linears(model, mode, torch.float32)
+        for name, mod in list(model.named_modules()):
+            if isinstance(mod, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)):
+                lin = torch.nn.Linear(mod.in_features, mod.out_features, mod.bias is not None, device="meta")
+                lin.weight = torch.nn.Parameter(dequantize_linear(mod), requires_grad=False)
+                if mod.bias is not None:
+                    lin.bias = torch.nn.Parameter(mod.bias.data.float(), requires_grad=False)
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, child, lin)
+        for flag in ("is_loaded_in_8bit", "is_loaded_in_4bit"):
+            if flag in vars(model):
+                delattr(model, flag)
+    return model.float()

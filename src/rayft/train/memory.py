@@ -110,6 +110,9 @@ def estimate(cfg: TrainConfig, shape: ModelShape, dtype: str = "float32") -> Est
         # the largest parameter all-gathered, the layer being computed, and the largest trainable
         # parameter's full-size gradient before it is reduce-scattered
         p["gathered"] = (shape.largest_param + shape.layer_params + largest_trainable) * B
+    elif cfg.model.quantize in ("int8", "nf4"):  # ddp only: bitsandbytes linears, embeddings bf16 (lowbit.py)
+        from .lowbit import BASE_BYTES
+        p["weights"] = (N - shape.embed_params) * BASE_BYTES[cfg.model.quantize] + shape.embed_params * 2
     else:  # model.quantize=bf16-storage (ddp only): the frozen base in 2 bytes (lowbit.py; norms negligible)
         p["weights"] = N * (2 if cfg.model.quantize == "bf16-storage" else B)
 
@@ -136,6 +139,11 @@ def estimate(cfg: TrainConfig, shape: ModelShape, dtype: str = "float32") -> Est
         act = shape.layers * per_layer
     attn = t.batch_size * shape.heads * cfg.data.max_seq_len ** 2 * 4 * (1 if t.gradient_checkpointing else shape.layers)
     p["activations"] = act + attn + LOGIT_COPIES * tokens * shape.vocab * 4
+    if cfg.model.quantize in ("int8", "nf4"):
+        # the base is loaded whole in bf16 before bitsandbytes quantizes it: while loading, 2 bytes
+        # per parameter are resident; the peak is the larger of that and the training step
+        steady = sum(v for k, v in p.items() if k != "runtime")
+        p["load"] = max(0.0, 2 * N - steady)
     return Estimate(p)
 
 
