@@ -66,7 +66,15 @@ class DDPEngine:
         return ckpt_io.load_training_state(directory, self.opt, self.sched)
 
     def wrap(self, prepare_model) -> None:
-        """Hand the model to Ray Train (device placement + DDP) after any restore."""
+        """Hand the model to Ray Train (device placement + DDP) after any restore. With
+        train.loss_chunk the module DDP wraps computes the chunked loss (chunked_loss.py)."""
+        chunk = self.cfg.train.loss_chunk
+        if chunk:
+            from .chunked_loss import ChunkedLossLM
+            self.model = prepare_model(ChunkedLossLM(self.model, chunk))
+            inner = self.model.module if hasattr(self.model, "module") else self.model
+            self.unwrapped = self.eval_model = inner.lm
+            return
         self.model = prepare_model(self.model)
         self.unwrapped = self.eval_model = self.model.module if hasattr(self.model, "module") else self.model
 
