@@ -89,3 +89,13 @@ def test_config_refuses_deepspeed(tmp_path):
         load(TrainConfig, p, ["train.loss_chunk=1024", "train.strategy=zero2"])
     with pytest.raises(ConfigError, match="loss_chunk"):
         load(TrainConfig, p, ["train.loss_chunk=-1"])
+
+
+def test_ddp_ignore_list_follows_the_wrapper():
+    """model.quantize marks the quantized base for DDP to skip; the wrapper DDP sees keeps it."""
+    m = tiny()
+    m._ddp_params_and_buffers_to_ignore = [n for n, _ in m.named_parameters() if "lora_" not in n]
+    w = ChunkedLossLM(m, 8)
+    names = dict(w.named_parameters())
+    assert w._ddp_params_and_buffers_to_ignore and all(n in names for n in w._ddp_params_and_buffers_to_ignore)
+    assert not any("lora_" in n for n in w._ddp_params_and_buffers_to_ignore)

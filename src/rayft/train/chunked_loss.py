@@ -60,6 +60,9 @@ class ChunkedLossLM(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, chunk: int):
         super().__init__()
         self.lm, self.chunk = model, chunk
+        ignored = getattr(model, "_ddp_params_and_buffers_to_ignore", None)  # model.quantize's frozen base
+        if ignored:
+            self._ddp_params_and_buffers_to_ignore = [f"lm.{n}" for n in ignored]
 
     def forward(self, input_ids, labels, attention_mask=None, position_ids=None, **_):
         total, n = labelled_ce(self.lm, input_ids, labels, self.chunk, attention_mask, position_ids)
