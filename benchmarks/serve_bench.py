@@ -18,6 +18,16 @@ concurrency runs (before/after batching in the same run).
     .venv/bin/python benchmarks/serve_bench.py --levels 1,4,8 --also-unbatched
     .venv/bin/python benchmarks/serve_bench.py --model smollm2-135m-instruct --requests 48 --levels 1,8
 
+Issue 20 item 3: ``--engine transformers,llamacpp`` runs the suite for each engine (serve config
+``engine``; llamacpp converts each version to GGUF ``--gguf-type`` once, cached) and adds
+``engines``: generated tokens/s of each engine on the same prompt and thread count
+(``--threads``), in-process and served sequentially, ``--gen-tokens`` greedy tokens per
+request, and the greedy answers compared token by token (target: llamacpp >= 4x transformers on
+SmolLM2-135M, same answer). ``--engine-only`` skips the rest of the suite.
+
+    .venv/bin/python benchmarks/serve_bench.py --model smollm2-135m-instruct --engine transformers,llamacpp \
+        --engine-only --threads 2 --gen-tokens 64 --gen-requests 8
+
 Optional ``--redeploy-baseline``: the same steady load across a Serve rolling update
 (redeploying the app with a changed replica config), the way a version change is done
 without aliases. Prints one JSON document; the numbers go to benchmarks/RESULTS.md.
@@ -70,14 +80,15 @@ def build_registry(root: Path, model: str) -> tuple[str, str, str]:
 
 
 class InProcess:
-    """The baseline: the same Engine + adapter, called directly in this process."""
+    """The baseline: the same engine + adapter, called directly in this process."""
 
-    def __init__(self, uri: str, version: str, model: str, max_tokens: int, threads: int):
+    def __init__(self, uri: str, version: str, model: str, max_tokens: int, threads: int,
+                 engine: str = "transformers", gguf_type: str = "f16"):
         from rayft.models.spec import base_spec
         from rayft.registry import Registry
-        from rayft.serve.engine import Engine
+        from rayft.serve.app import make_engine
 
-        self.eng = Engine(base_spec(model, 0), threads)
+        self.eng = make_engine(base_spec(model, 0), threads, 0, 30.0, {"kind": engine, "gguf_type": gguf_type})
         m, local = Registry(uri, "en").fetch(version)
         self.h = self.eng.load(f"en/{version}", m, local)
         self.req = {"kind": "chat", "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0,
@@ -190,6 +201,60 @@ def concurrency_sweep(url: str, key: str, args) -> dict:
             r["speedup"] = r["req_per_s"] / one["req_per_s"]
             r["p99_ratio"] = r["p99_ms"] / one["p99_ms"]
     return out
+
+
+def tokens_per_s(base: InProcess, n: int, gen_tokens: int) -> dict:
+    """In-process generated tokens/s: n greedy requests of ``gen_tokens`` new tokens (no EOS stop
+    is forced; the count is what was generated), plus the greedy answer for the answer check."""
+    req = {**base.req, "max_tokens": gen_tokens}
+    base.eng.generate(base.h, req)  # warm
+    toks, lat = 0, []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        t = time.perf_counter()
+        out = base.eng.generate(base.h, req)
+        lat.append(time.perf_counter() - t)
+        toks += out["completion_tokens"]
+    wall = time.perf_counter() - t0
+    job = base.eng.prepare(base.h, req)
+    ids = base.h.tok(out["text"], add_special_tokens=False)["input_ids"]
+    return {"requests": n, "generated_tokens": toks, "tokens_per_s": toks / wall, "p50_ms": pct(lat, 0.5) * 1000,
+            "prompt_tokens": len(job.ids), "answer": out["text"], "answer_ids": ids,
+            "finish_reason": out["finish_reason"]}
+
+
+def served_tokens_per_s(url: str, key: str, n: int, gen_tokens: int) -> dict:
+    """Generated tokens/s through `rayft serve` (HTTP, one client, sequential requests)."""
+    import requests
+
+    s = requests.Session()
+    s.headers["Authorization"] = f"Bearer {key}"
+    body = {"model": "en", "messages": PROMPT, "max_tokens": gen_tokens}
+    s.post(f"{url}/v1/chat/completions", json=body, timeout=300).raise_for_status()  # warm
+    toks, lat, text = 0, [], None
+    t0 = time.perf_counter()
+    for _ in range(n):
+        t = time.perf_counter()
+        r = s.post(f"{url}/v1/chat/completions", json=body, timeout=300)
+        r.raise_for_status()
+        lat.append(time.perf_counter() - t)
+        j = r.json()
+        toks += j["usage"]["completion_tokens"]
+        text = j["choices"][0]["message"]["content"]
+    wall = time.perf_counter() - t0
+    return {"requests": n, "generated_tokens": toks, "tokens_per_s": toks / wall, "p50_ms": pct(lat, 0.5) * 1000,
+            "answer": text}
+
+
+def agreement(a: list[int], b: list[int]) -> dict:
+    """How far two greedy answers agree: identical?, common token prefix, its share of the longer."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return {"identical": a == b, "common_prefix_tokens": n, "tokens": [len(a), len(b)],
+            "prefix_share": n / max(1, len(a), len(b))}
 
 
 def handle_direct(app_name: str, version: str, n: int, max_tokens: int) -> dict:
@@ -343,55 +408,36 @@ def redeploy_baseline(url: str, key: str, cfg, clients: int, max_tokens: int) ->
             "failures": load.failed[:5], "redeploy_s": redeploy_s}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="tiny-qwen2")
-    ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--max-tokens", type=int, default=8)
-    ap.add_argument("--concurrency", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=10, help="interleaved in-process/served rounds")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
-    ap.add_argument("--clients", type=int, default=4, help="steady-load clients during the hot swap")
-    ap.add_argument("--stream-clients", type=int, default=2, help="streaming clients during the hot swap")
-    ap.add_argument("--levels", default="1,4,8", help="client counts for the concurrency runs")
-    ap.add_argument("--ttft-requests", type=int, default=24, help="streamed requests per TTFT run")
-    ap.add_argument("--max-batch-size", type=int, default=8)
-    ap.add_argument("--batch-wait-ms", type=float, default=5.0)
-    ap.add_argument("--also-unbatched", action="store_true",
-                    help="repeat the concurrency runs with max_batch_size=1 (redeploys the app)")
-    ap.add_argument("--redeploy-baseline", action="store_true")
-    ap.add_argument("--out", default="", help="also write the JSON here")
-    args = ap.parse_args()
-    args.levels = [int(x) for x in str(args.levels).split(",") if x.strip()]
-
-    import ray
+def suite(engine: str, args, uri: str, v1: str, v2: str, port: int, key: str) -> dict:
+    """The whole benchmark for one engine (serve config ``engine``); returns its JSON section."""
     from ray import serve
 
     from rayft.config import load
     from rayft.serve.config import ServeConfig
     from rayft.serve.run import start
 
-    out = {"date": time.strftime("%Y-%m-%d"), "command": " ".join([Path(sys.executable).name, *sys.argv]),
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-           "uptime_before": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
-           "args": vars(args)}
-    tmp = Path(tempfile.mkdtemp(prefix="rayft-serve-bench-"))
-    uri, v1, v2 = build_registry(tmp, args.model)
-    base = InProcess(uri, v1, args.model, args.max_tokens, args.threads)
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    key = "bench-key"
-    os.environ["RAYFT_BENCH_KEY"] = key
+    out: dict = {"engine": engine}
+    t = time.perf_counter()
+    base = InProcess(uri, v1, args.model, args.max_tokens, args.threads, engine, args.gguf_type)
+    out["in_process_load_s"] = time.perf_counter() - t
+    if engine == "llamacpp":
+        out["gguf"] = {"type": args.gguf_type, "load_times": dict(base.eng.load_times)}
+    if args.gen_tokens:
+        out["in_process_tokens"] = tokens_per_s(base, args.gen_requests, args.gen_tokens)
+        print(json.dumps({engine: {k: v for k, v in out["in_process_tokens"].items() if k != "answer_ids"}}),
+              file=sys.stderr)
     cfg = load(ServeConfig, None, [f"registry={uri}", "models=[en]", f"port={port}", "api_key_env=RAYFT_BENCH_KEY",
                                    "num_cpus=1", f"torch_threads={args.threads}", "blocking=false",
                                    f"max_batch_size={args.max_batch_size}",
                                    f"batch_wait_timeout_s={args.batch_wait_ms / 1000}",
-                                   "alias_refresh_s=0.5", "app_name=rayft_bench"])
+                                   "alias_refresh_s=0.5", "app_name=rayft_bench", f"engine={engine}",
+                                   f"gguf_type={args.gguf_type}"])
     try:
         url = start(cfg)
+        if args.gen_tokens:
+            out["served_tokens"] = served_tokens_per_s(url, key, args.gen_requests, args.gen_tokens)
+        if args.engine_only:
+            return out
         out.update(interleaved(base, url, key, args))
         out["gateway_only"] = gateway_only(url, key, args.requests)
         out["overhead_ms_p50"] = out["served_sequential"]["p50_ms"] - out["in_process"]["p50_ms"]
@@ -423,9 +469,93 @@ def main() -> None:
                                      for c in sorted({1, max(args.levels)})}
         if args.redeploy_baseline:
             out["redeploy_baseline"] = redeploy_baseline(url, key, cfg, args.clients, args.max_tokens)
+        return out
     finally:
         serve.shutdown()
+        del base
+
+
+def compare(results: dict) -> dict:
+    """Tokens/s of every engine over the transformers engine's, and greedy answer agreement."""
+    ref = results.get("transformers", {})
+    out = {}
+    for name, r in results.items():
+        row = {}
+        for k in ("in_process_tokens", "served_tokens"):
+            if k in r:
+                row[k.replace("_tokens", "_tokens_per_s")] = r[k]["tokens_per_s"]
+                if k in ref and name != "transformers":
+                    row[k.replace("_tokens", "_speedup")] = r[k]["tokens_per_s"] / ref[k]["tokens_per_s"]
+        if name != "transformers" and "in_process_tokens" in r and "in_process_tokens" in ref:
+            row["greedy_vs_transformers"] = agreement(ref["in_process_tokens"]["answer_ids"],
+                                                      r["in_process_tokens"]["answer_ids"])
+            if "served_tokens" in r and "served_tokens" in ref:
+                row["served_answers_equal"] = r["served_tokens"]["answer"] == ref["served_tokens"]["answer"]
+        out[name] = row
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny-qwen2")
+    ap.add_argument("--engine", default="transformers",
+                    help="comma-separated serve engines to run the suite for: transformers,llamacpp")
+    ap.add_argument("--engine-only", action="store_true",
+                    help="only the engine comparison (tokens/s, greedy answers), not the rest of the suite")
+    ap.add_argument("--gguf-type", default="f16", help="engine=llamacpp: GGUF weight type (f16, f32, bf16, q8_0)")
+    ap.add_argument("--gen-tokens", type=int, default=64,
+                    help="new tokens per request for the tokens/s comparison (0: skip it)")
+    ap.add_argument("--gen-requests", type=int, default=8, help="requests per tokens/s measurement")
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=10, help="interleaved in-process/served rounds")
+    ap.add_argument("--threads", type=int, default=1, help="torch / llama.cpp threads, both sides")
+    ap.add_argument("--clients", type=int, default=4, help="steady-load clients during the hot swap")
+    ap.add_argument("--stream-clients", type=int, default=2, help="streaming clients during the hot swap")
+    ap.add_argument("--levels", default="1,4,8", help="client counts for the concurrency runs")
+    ap.add_argument("--ttft-requests", type=int, default=24, help="streamed requests per TTFT run")
+    ap.add_argument("--max-batch-size", type=int, default=8)
+    ap.add_argument("--batch-wait-ms", type=float, default=5.0)
+    ap.add_argument("--also-unbatched", action="store_true",
+                    help="repeat the concurrency runs with max_batch_size=1 (redeploys the app)")
+    ap.add_argument("--redeploy-baseline", action="store_true")
+    ap.add_argument("--out", default="", help="also write the JSON here")
+    args = ap.parse_args()
+    args.levels = [int(x) for x in str(args.levels).split(",") if x.strip()]
+    engines = [e.strip() for e in args.engine.split(",") if e.strip()]
+    bad = [e for e in engines if e not in ("transformers", "llamacpp")]
+    if bad or not engines:
+        ap.error(f"--engine: {bad or args.engine!r}; expected transformers and/or llamacpp")
+
+    import ray
+
+    out = {"date": time.strftime("%Y-%m-%d"), "command": " ".join([Path(sys.executable).name, *sys.argv]),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+           "uptime_before": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+           "args": vars(args)}
+    tmp = Path(tempfile.mkdtemp(prefix="rayft-serve-bench-"))
+    uri, v1, v2 = build_registry(tmp, args.model)
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    key = "bench-key"
+    os.environ["RAYFT_BENCH_KEY"] = key
+    results = {}
+    try:
+        for engine in engines:
+            results[engine] = suite(engine, args, uri, v1, v2, port, key)
+    finally:
         ray.shutdown()
+    if engines == ["transformers"]:
+        out.update(results["transformers"])  # the layout earlier RESULTS.md runs have
+    else:
+        out["results"] = results
+    if args.gen_tokens:
+        out["engines"] = compare(results)
+        print(json.dumps(out["engines"]), file=sys.stderr)
     out["uptime_after"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(json.dumps(out, indent=2))
     if args.out:

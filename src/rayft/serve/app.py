@@ -85,6 +85,29 @@ async def read_body(request: Request, limit: int = oa.MAX_BODY) -> bytes:
     return bytes(buf)
 
 
+def make_engine(base: dict | None, threads: int, max_prompt_tokens: int, queue_timeout_s: float,
+                engine: dict | None = None):
+    """The replica's engine: ``engine`` is {"kind": "transformers"|"llamacpp", ...llamacpp options}."""
+    engine = engine or {}
+    if engine.get("kind") == "llamacpp":
+        from .llamacpp import LlamaCppEngine
+        return LlamaCppEngine(base, threads, max_prompt_tokens, queue_timeout_s, engine.get("gguf_type", "f16"),
+                              engine.get("n_ctx", 0), engine.get("source", ""))
+    return Engine(base, threads, max_prompt_tokens, queue_timeout_s)
+
+
+def engine_options(cfg: ServeConfig) -> dict:
+    """The serve config's engine choice for the replicas; ConfigError when llamacpp is chosen but
+    llama-cpp-python is not installed."""
+    if cfg.engine == "llamacpp":
+        import importlib.util
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise ConfigError("engine=llamacpp needs llama-cpp-python: pip install 'rayft[llamacpp]' (builds "
+                              "llama.cpp from source where no wheel fits), or engine=transformers")
+        return {"kind": "llamacpp", "gguf_type": cfg.gguf_type, "n_ctx": cfg.n_ctx, "source": cfg.llamacpp_source}
+    return {"kind": "transformers"}
+
+
 @serve.deployment
 class ModelServer:
     """One base model; registry versions attached on demand and cached LRU per replica.
@@ -97,8 +120,9 @@ class ModelServer:
     same batches; their tokens leave the generating thread through an asyncio queue."""
 
     def __init__(self, base: dict | None, registry: str, threads: int, max_prompt_tokens: int = 0,
-                 queue_timeout_s: float = 30.0, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.0):
-        self.engine = Engine(base, threads, max_prompt_tokens, queue_timeout_s)
+                 queue_timeout_s: float = 30.0, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.0,
+                 engine: dict | None = None):
+        self.engine = make_engine(base, threads, max_prompt_tokens, queue_timeout_s, engine)
         self.registry = registry
         self._batch.set_max_batch_size(max_batch_size)
         self._batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -203,7 +227,8 @@ class ModelServer:
         """Engine counters (requests, generated_tokens, cancelled, batches, max_batch) and the
         last finished requests, for tests and benchmarks."""
         with self.engine._mu:  # the generating thread updates them
-            return {"stats": dict(self.engine.stats), "recent": list(self.engine.recent)}
+            return {"stats": dict(self.engine.stats), "recent": list(self.engine.recent),
+                    "engine": type(self.engine).__name__, "loads": dict(getattr(self.engine, "load_times", {}))}
 
     def ping(self) -> str:
         return "ok"
@@ -474,12 +499,13 @@ def build_app(cfg: ServeConfig):
     if not bases:
         bases["full"] = None
     threads = cfg.torch_threads or max(1, round(cfg.num_cpus))
+    engine = engine_options(cfg)
     servers = {k: ModelServer.options(name=f"model_{i}", num_replicas=cfg.replicas,
                                       ray_actor_options={"num_cpus": cfg.num_cpus},
                                       max_ongoing_requests=cfg.max_ongoing_requests,
                                       health_check_period_s=2.0, health_check_timeout_s=30.0)
                .bind(spec, cfg.registry, threads, cfg.max_prompt_tokens, cfg.queue_timeout_s, cfg.max_batch_size,
-                     cfg.batch_wait_timeout_s)
+                     cfg.batch_wait_timeout_s, engine)
                for i, (k, spec) in enumerate(bases.items())}
     key = cfg.resolved_key()
     public = to_dict(cfg) | {"api_key": ""}  # only the key's hash goes into the deployment

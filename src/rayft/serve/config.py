@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 
 from pydantic import model_validator
 
@@ -26,9 +27,22 @@ class ServeConfig(Section):
     api_key_env: str = opt("RAYFT_API_KEY", "environment variable holding the bearer token (used when set)")
     api_key_file: str = opt("", "file holding the bearer token (first line; e.g. a secret mounted on the "
                             "cluster); used when api_key_env is not set")
+    engine: Literal["transformers", "llamacpp"] = opt(
+        "transformers", "what generates: transformers (torch; LoRA adapters on one shared base, batched) or "
+        "llamacpp (llama.cpp through llama-cpp-python, pip install 'rayft[llamacpp]': each version merged into "
+        "its base and converted to GGUF once, cached by artifact digest; one request at a time per replica, "
+        "several times faster per request on CPU)")
+    gguf_type: Literal["f16", "f32", "bf16", "q8_0"] = opt(
+        "f16", "engine=llamacpp: weight type of the converted GGUF (f32: the transformers engine's numbers, "
+        "2x the memory traffic; q8_0: smaller and faster, answers may drift)")
+    n_ctx: int = opt(0, "engine=llamacpp: context window in tokens (0: the model's training context, at most "
+                     "4096); prompt + max_tokens must fit", ge=0)
+    llamacpp_source: str = opt("", "engine=llamacpp: a llama.cpp source tree (or unpacked llama-cpp-python sdist) "
+                               "holding convert_hf_to_gguf.py and gguf-py/ ('': the installed llama-cpp-python's "
+                               "sdist, downloaded once into the rayft cache)")
     replicas: int = opt(1, "replicas per base-model deployment", ge=1)
     num_cpus: float = opt(1.0, "CPUs per model replica (fractional allowed)", gt=0)
-    torch_threads: int = opt(0, "torch threads per model replica (0: from num_cpus)", ge=0)
+    torch_threads: int = opt(0, "torch (engine=llamacpp: llama.cpp) threads per model replica (0: from num_cpus)", ge=0)
     max_ongoing_requests: int = opt(32, "concurrent requests per replica before Serve queues them", ge=1)
     max_batch_size: int = opt(8, "most concurrent requests a model replica generates in one batch (one "
                               "forward pass per token for all of them; 1 = no batching)", ge=1)

@@ -60,6 +60,12 @@ def export_merged(run_dir: Path, out: Path) -> Path:
         model = load_model(str(run_dir / "model"), tok, "float32")
     else:
         raise ConfigError(f"{run_dir}: neither adapter/ nor model/ found")
+    return save_model_dir(model, tok, out)
+
+
+def save_model_dir(model, tok, out: Path) -> Path:
+    """``model`` (safetensors) + ``tok`` as a HF model directory at ``out``, written to a temp
+    directory and renamed into place (also used by serve's GGUF conversion)."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), safe_serialization=True)
