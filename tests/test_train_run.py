@@ -115,6 +115,49 @@ def test_ray_dashboard_metrics(straight):
     assert sc.series("ray_rayft_train_loss", run="straight", rank="0")[-1] == pytest.approx(rep["loss_last"])
 
 
+def _chromium() -> str | None:
+    import shutil
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def test_report_html_renders_in_chromium(straight, tmp_path):
+    """report.html of the run, screenshotted by headless Chromium: the page, its loss curve (SVG)
+    and the validation dots are drawn, not a blank or error page."""
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium): report.html not screenshotted")
+    blank = tmp_path / "blank.html"
+    blank.write_text("<!doctype html><html><body></body></html>")
+
+    def shot(page: Path) -> np.ndarray:
+        png = tmp_path / (page.stem + ".png")
+        res = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                              f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}",
+                              "--window-size=1200,1600", page.as_uri()], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0 and png.exists(), res.stderr[-2000:]
+        img = Image.open(png).convert("RGB")
+        assert img.size == (1200, 1600)
+        return np.asarray(img).astype(int)
+
+    page, empty = shot(straight[0] / "report.html"), shot(blank)
+    assert len(np.unique(empty.reshape(-1, 3), axis=0)) == 1  # the blank page is one colour
+    assert len(np.unique(page.reshape(-1, 3), axis=0)) > 50   # text, lines, antialiasing
+    changed = np.abs(page - empty).sum(axis=2) > 30
+    assert changed.mean() > 0.01, changed.mean()
+    rows = np.flatnonzero(changed.any(axis=1))
+    assert rows[-1] - rows[0] > 1000  # content from top to bottom, not one error line
+
+    def near(rgb) -> int:
+        return int((np.abs(page - np.array(rgb)).sum(axis=2) < 40).sum())
+    assert near((0x2e, 0x86, 0xde)) > 300  # the train loss polyline (#2e86de)
+    assert near((0xe6, 0x7e, 0x22)) > 20   # the validation loss dots (#e67e22)
+
+
 def test_adapter_reloads_and_export_generates(straight, tmp_path):
     import torch
     from peft import PeftModel
@@ -155,6 +198,19 @@ def test_resume_continues_same_loss_curve(straight, tmp_path, data_with_bad_rows
         assert abs(got[step]["loss"] - ref[step]["loss"]) < 1e-4, (step, got[step]["loss"], ref[step]["loss"])
     assert abs(got[20]["val_loss"] - ref[20]["val_loss"]) < 1e-4
     assert got[20]["resumed_from"] == 10
+
+
+def test_chunked_loss_trains_the_same_curve(straight, tmp_path, data_with_bad_rows):
+    """train.loss_chunk (no batch x seq x vocab logits) under Ray Train DDP: the same losses as
+    the straight run's full-logits loss over its first 10 steps (same schedule: max_steps 20)."""
+    run_dir, _ = straight
+    out = run_training(cfg(tmp_path, "chunked", "train.loss_chunk=64", "train.stop_after_steps=10",
+                           data=data_with_bad_rows))
+    ref = {m["step"]: m for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    got = {m["step"]: m for m in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines())}
+    assert json.loads((Path(out) / "report.json").read_text())["config"]["train"]["loss_chunk"] == 64
+    for step in (1, 5, 10):
+        assert abs(got[step]["loss"] - ref[step]["loss"]) < 1e-3, (step, got[step]["loss"], ref[step]["loss"])
 
 
 def test_worker_killed_mid_run_recovers(ray_session, tmp_path):
