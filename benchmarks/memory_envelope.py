@@ -1,6 +1,7 @@
 """Measured peak RSS per Ray Train worker vs the pre-launch estimate, for real architectures.
 
     .venv/bin/python benchmarks/memory_envelope.py run [--only NAME ...] [--steps 3] [--seq 128]
+    .venv/bin/python benchmarks/memory_envelope.py run --quantize int8 nf4 bf16-storage  # the quantized-base LoRA rows
     .venv/bin/python benchmarks/memory_envelope.py table      # markdown from the results so far
 
 Models are random-init Qwen2.5-0.5B / Qwen2.5-1.5B built from their published config.json
@@ -9,7 +10,9 @@ configuration is one fresh `rayft train` process (its own local Ray, its own wor
 few optimizer steps on sequences truncated to exactly --seq tokens, batch 1, fp32, one
 torch thread per worker, gradient checkpointing on, `memory.budget_gb=0` (measure, do not
 stop). Recorded per run: every worker's peak RSS (ru_maxrss, includes the final checkpoint
-save), the worker RSS before the model, tokens/s, and the estimate printed at launch.
+save), the worker RSS before the model, tokens/s, and the estimate printed at launch. Rows named ``...-q-<mode>`` train a LoRA on a frozen base stored
+with ``model.quantize=<mode>`` (int8 / nf4 by bitsandbytes, or bf16-storage; rayft.train.lowbit),
+one worker, 0.5B and 1.5B; ``--quantize MODE ...`` runs just those rows for the given modes.
 Before each run the script waits until the machine has room (estimate x workers + 3 GB free)
 or skips the run - it is a shared 24 GiB machine, and Ray kills workers past 95 % node memory. Results append to
 benchmarks/out/memory_envelope/results.jsonl (one line per run, rerun skips done names).
@@ -47,6 +50,7 @@ QWEN25 = {
         "torch_dtype": "bfloat16", "use_cache": True, "use_sliding_window": False, "vocab_size": 151936},
 }
 MARGIN_GB = 3
+QUANTIZE_MODES = ("int8", "nf4", "bf16-storage")  # model.quantize values with matrix rows
 HEADLINE = {"lora-0.5b-ddp-w1": "LoRA 0.5B, 1 worker",
             "lora-1.5b-zero3-w2-offp": "LoRA 1.5B, 2 workers ZeRO-3 (+ nvme param offload)",
             "lora-1.5b-zero3-w2": "LoRA 1.5B, 2 workers ZeRO-3",
@@ -60,12 +64,13 @@ def matrix() -> list[dict]:
     """(name, model, method, strategy, workers, offload) in run order: headline targets first."""
     rows = []
 
-    def add(method, model, strategy, w, off="", freeze=False):
+    def add(method, model, strategy, w, off="", freeze=False, quantize="none"):
         name = (f"{method}-{model.split('-')[1]}-{strategy}-w{w}" + (f"-off{off}" if off else "")
-                + ("-frozen-emb" if freeze else ""))
+                + ("-frozen-emb" if freeze else "") + (f"-q-{quantize}" if quantize != "none" else ""))
         rows.append({"name": name, "model": model, "method": method, "strategy": strategy, "workers": w,
                      "offload_optimizer": "nvme" if "o" in off else "none",
-                     "offload_params": "nvme" if "p" in off else "none", "freeze_embeddings": freeze})
+                     "offload_params": "nvme" if "p" in off else "none", "freeze_embeddings": freeze,
+                     "quantize": quantize})
     m5, m15 = "qwen2.5-0.5b", "qwen2.5-1.5b"
     add("lora", m5, "ddp", 1)
     add("lora", m15, "zero3", 2)
@@ -84,6 +89,9 @@ def matrix() -> list[dict]:
     add("lora", m15, "zero3", 4)
     add("lora", m15, "zero3", 4, "p")
     add("full", m15, "zero3", 4, "op")
+    for q in QUANTIZE_MODES:  # a quantized / bf16-stored frozen base: LoRA on ONE worker
+        add("lora", m5, "ddp", 1, quantize=q)
+        add("lora", m15, "ddp", 1, quantize=q)
     return rows
 
 
@@ -122,7 +130,7 @@ def overrides(row: dict, model_dir: Path, pairs: Path, steps: int, seq: int) -> 
             "train.keep_checkpoints=1", "lora.target_modules=[q_proj,k_proj,v_proj,o_proj]", "lora.r=8",
             f"scaling.num_workers={w}", f"scaling.cpus_per_worker={min(1.0, 2.0 / w):g}",
             "scaling.torch_threads=1", "scaling.max_failures=0", "memory.budget_gb=0", "memory.malloc=compact",
-            "generate.prompt="]
+            "generate.prompt=", f"model.quantize={row.get('quantize', 'none')}"]
 
 
 def estimate_for(ov: list[str]):
@@ -250,6 +258,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--timeout", type=int, default=2400)
+    ap.add_argument("--quantize", nargs="*", choices=QUANTIZE_MODES,
+                    help="run only the model.quantize rows (LoRA 0.5B and 1.5B, 1 worker) of these modes")
     ap.add_argument("--passes", type=int, default=3, help="retry runs the shared machine skipped or OOM-killed")
     a = ap.parse_args()
     if a.mode == "table":
@@ -257,7 +267,8 @@ def main() -> None:
         return
     OUT.mkdir(parents=True, exist_ok=True)
     dirs, pairs = write_inputs(a.seq)
-    todo = [r["name"] for r in matrix() if a.only is None or r["name"] in a.only]
+    todo = [r["name"] for r in matrix() if (a.only is None or r["name"] in a.only)
+            and (a.quantize is None or r["quantize"] in a.quantize)]
     for i in range(a.passes):
         # done: measured, or failed for a reason of its own (skips and node OOMs caused by the
         # other jobs on this shared machine are retried on the next pass); --only reruns once
