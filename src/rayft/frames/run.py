@@ -94,10 +94,10 @@ def _record_model(out: Path, cfg: FramesConfig, any_done: bool) -> None:
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
+    """frames/s: a bar on a terminal, a line every 30 s in a job log (rayft.progress)."""
+    from ..progress import bar
 
-    return tqdm(total=total, unit="frame", unit_scale=True, smoothing=0.1, dynamic_ncols=True,
-                disable=not enabled, file=sys.stderr, desc="embed")
+    return bar(total, "embed", "frame", enabled, file=sys.stderr)
 
 
 def build_dataset(cfg: FramesConfig, todo: dict[str, list[str]], gpus: float):
