@@ -206,3 +206,38 @@ def test_sweep_dir_on_s3(s3, ray_session, tmp_path, monkeypatch, capsys):
     assert {k: v for k, v in after.items() if "/checkpoints/" in k or k.endswith(".safetensors")} == \
         {k: v for k, v in before.items() if "/checkpoints/" in k or k.endswith(".safetensors")}
     _no_s3_folder(tmp_path)
+
+
+def test_curate_bucket_lock(s3, tmp_path, monkeypatch, capsys):
+    """One curate run per output prefix across machines: _ledger/lock.json is created only if
+    absent (conditional PUT) and deleted at the end; a live holder (or one on another host) is
+    one line; a lock left by a killed run on this host is taken over. No Ray starts here."""
+    import socket
+
+    from rayft.curate import remote
+    from rayft.data.formats import DataError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAYFT_CACHE", str(tmp_path / "cache"))
+    uri = _uri(s3, "cur-lock")
+    with remote.bucket_lock(uri):
+        held = json.loads(_get(s3, "cur-lock/_ledger/lock.json"))
+        assert held["host"] == socket.gethostname()
+        with pytest.raises(DataError, match=r"another curate run holds s3://rayft-test/cur-lock/_ledger/lock.json"):
+            with remote.bucket_lock(uri):
+                pass
+    assert [k for k in _keys(s3, "cur-lock/") if not k.endswith("/")] == []  # (pyarrow leaves dir markers)
+    # killed on this host (pid gone): taken over, then released
+    s3[1].put_object(Bucket=BUCKET, Key="cur-lock/_ledger/lock.json",
+                     Body=json.dumps({"host": socket.gethostname(), "pid": 2**22 + 12345}).encode())
+    with remote.bucket_lock(uri):
+        assert json.loads(_get(s3, "cur-lock/_ledger/lock.json"))["pid"] != 2**22 + 12345
+    assert [k for k in _keys(s3, "cur-lock/") if not k.endswith("/")] == []  # (pyarrow leaves dir markers)
+    # held on another machine: the CLI refuses in one line before reading anything
+    s3[1].put_object(Bucket=BUCKET, Key="cur-lock/_ledger/lock.json",
+                     Body=json.dumps({"host": "elsewhere", "pid": 1, "since": "then"}).encode())
+    assert main(["curate", "--config", str(REPO / "configs/curate.yaml"), f"input={SAMPLES}", f"output={uri}"]) != 0
+    err = capsys.readouterr().err
+    assert "host elsewhere" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert [k for k in _keys(s3, "cur-lock/") if not k.endswith("/")] == ["cur-lock/_ledger/lock.json"]
+    _no_s3_folder(tmp_path)

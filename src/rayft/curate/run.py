@@ -15,6 +15,7 @@ Pipeline (the only module of the stage that touches Ray):
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -104,7 +105,7 @@ def run_curate(cfg: CurateConfig) -> str:
                                                                      if uri_scheme(cfg.output.dir) else cfg.output.dir)
     shown = loc.shown if loc else str(out)
     out.mkdir(parents=True, exist_ok=True)
-    with lock(out.parent if loc else out):
+    with lock(out.parent if loc else out), (remote.bucket_lock(cfg.output.dir) if loc else contextlib.nullcontext()):
         if loc:
             remote.pull(loc, out)
         led = Ledger(out)
