@@ -202,3 +202,47 @@ def test_estimate_counts_the_quantized_base():
         assert q["weights"] < base["weights"] / 2 and q["optimizer"] == base["optimizer"]
         steady = sum(v for k, v in q.items() if k not in ("runtime", "load"))
         assert q["load"] == max(0.0, 2 * shape.n_params - steady)  # the bf16 load before quantizing
+        r = load(TrainConfig, REPO / "configs/tiny.yaml", [f"model.quantize={mode}", "model.init=random"])
+        assert "load" not in estimate(r, shape).parts  # random init is quantized layer by layer
+
+
+def test_random_init_quantized_layer_by_layer(tok, batch, tmp_path):
+    """model.init=random + nf4: the architecture is built one quantized layer at a time and is the
+    same architecture (parameter count) as transformers' from_config; LoRA on it trains."""
+    import json
+    import shutil
+
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM
+
+    from rayft.models.load import TINY, TINY_TOKENIZER
+    from rayft.train.shape import hf_config
+
+    d = tmp_path / "qwen2-random"
+    d.mkdir()
+    model_type, kw = TINY["tiny-qwen2"]
+    (d / "config.json").write_text(json.dumps(dict(kw, model_type=model_type, vocab_size=len(tok),
+                                                   architectures=["Qwen2ForCausalLM"])))
+    for f in TINY_TOKENIZER.iterdir():
+        shutil.copy(f, d / f.name)
+    cfg = load(TrainConfig, REPO / "configs/tiny.yaml", [f"model.name={d}", "model.init=random",
+                                                         "model.quantize=nf4", "lora.dropout=0"])
+    ref = AutoModelForCausalLM.from_config(hf_config(str(d)))
+    base = base_model(cfg, str(d), tok)
+    assert len(base.model.layers) == ref.config.num_hidden_layers == base.config.num_hidden_layers
+    lin = [m for m in base.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(lin) == 7 * ref.config.num_hidden_layers
+    assert sum(m.in_features * m.out_features for m in lin) + sum(
+        p.numel() for n, p in base.named_parameters() if not isinstance(p, bnb.nn.Params4bit)
+    ) == sum(p.numel() for p in ref.parameters())
+    model = build_model(cfg, str(d), tok)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=3e-3)
+    losses = []
+    for _ in range(8):
+        out = model(**batch)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(out.loss))
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses

@@ -52,6 +52,10 @@ def base_model(cfg: TrainConfig, source: str, tok):
         from transformers import AutoModelForCausalLM
 
         from .shape import hf_config
+        if cfg.model.quantize in ("int8", "nf4"):  # quantized layer by layer (never whole in bf16)
+            from .lowbit import random_quantized
+            return random_quantized(hf_config(source, cfg.model.trust_remote_code), cfg.model.quantize,
+                                    torch_dtype(cfg.model.dtype), cfg.run.seed)
         torch.manual_seed(cfg.run.seed)
         return AutoModelForCausalLM.from_config(hf_config(source, cfg.model.trust_remote_code),
                                                 dtype=torch_dtype(dtype))

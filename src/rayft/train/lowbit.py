@@ -100,12 +100,12 @@ def store_base_compact(model: torch.nn.Module, mode: str, compute_dtype=torch.fl
     return model
 
 
-def _bnb_linears(model: torch.nn.Module, mode: str, compute_dtype) -> None:
+def _bnb_linears(model: torch.nn.Module, mode: str, compute_dtype, flag_on: torch.nn.Module | None = None) -> None:
     """Replace every plain ``nn.Linear`` but the output embedding by its bitsandbytes layer
     (quantized now, on the weight's device, by bitsandbytes); frees the float weights."""
     import bitsandbytes as bnb
 
-    out_emb = model.get_output_embeddings()
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     for name, lin in list(model.named_modules()):
         if type(lin) is not torch.nn.Linear or lin is out_emb:
             continue
@@ -126,7 +126,47 @@ def _bnb_linears(model: torch.nn.Module, mode: str, compute_dtype) -> None:
         del lin, w
     # as transformers flags a model loaded with BitsAndBytesConfig: peft then wraps these layers
     # with its bnb LoRA layers (peft/tuners/lora/bnb.py)
-    setattr(model, "is_loaded_in_8bit" if mode == "int8" else "is_loaded_in_4bit", True)
+    setattr(flag_on or model, "is_loaded_in_8bit" if mode == "int8" else "is_loaded_in_4bit", True)
+
+
+def random_quantized(hf_cfg, mode: str, compute_dtype, seed: int) -> torch.nn.Module:
+    """``model.init=random`` with an int8 / nf4 base, built without the whole base ever existing
+    in bf16: the model is built with no decoder layers, then each layer is built (bf16), given
+    transformers' initialisation and quantized by bitsandbytes before the next one - the peak is
+    the embeddings plus one bf16 layer, not 2 bytes x every parameter (what lets a 1.5B base fit
+    one 4 GB worker). Seeded: every worker builds the same weights."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        probe = AutoModelForCausalLM.from_config(hf_cfg)
+    layers = getattr(probe.base_model, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
+        raise ValueError(f"model.quantize={mode} with model.init=random: no decoder ModuleList "
+                         f"`layers` in {type(probe).__name__}")
+    layer_cls, n = type(layers[0]), len(layers)
+    empty = copy.deepcopy(hf_cfg)
+    empty.num_hidden_layers = 0
+    if getattr(empty, "layer_types", None) is not None:
+        empty.layer_types = []
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(empty, dtype=torch.bfloat16)
+    for m in model.modules():
+        if getattr(m, "config", None) is empty:
+            m.config = hf_cfg
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        for i in range(n):
+            layer = layer_cls(hf_cfg, layer_idx=i)
+            for m in layer.modules():
+                model._init_weights(m)
+            _bnb_linears(layer, mode, compute_dtype, flag_on=model)
+            model.base_model.layers.append(layer)
+    finally:
+        torch.set_default_dtype(prev)
+    return model
 
 
 def quantized_param_names(model: torch.nn.Module) -> list[str]:

@@ -139,9 +139,10 @@ def estimate(cfg: TrainConfig, shape: ModelShape, dtype: str = "float32") -> Est
         act = shape.layers * per_layer
     attn = t.batch_size * shape.heads * cfg.data.max_seq_len ** 2 * 4 * (1 if t.gradient_checkpointing else shape.layers)
     p["activations"] = act + attn + LOGIT_COPIES * tokens * shape.vocab * 4
-    if cfg.model.quantize in ("int8", "nf4"):
-        # the base is loaded whole in bf16 before bitsandbytes quantizes it: while loading, 2 bytes
+    if cfg.model.quantize in ("int8", "nf4") and cfg.model.init != "random":
+        # a loaded base is whole in bf16 before bitsandbytes quantizes it: while loading, 2 bytes
         # per parameter are resident; the peak is the larger of that and the training step
+        # (model.init=random builds and quantizes one layer at a time: lowbit.random_quantized)
         steady = sum(v for k, v in p.items() if k != "runtime")
         p["load"] = max(0.0, 2 * N - steady)
     return Estimate(p)
