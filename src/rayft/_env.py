@@ -71,8 +71,9 @@ def ray_start(address: str = "", num_cpus: float | None = None, log_to_driver: b
         ray.init(address=address, **kw)
     elif os.environ.get("RAY_ADDRESS"):
         ray.init(**kw)
-    else:
-        ray.init(num_cpus=num_cpus or None, **kw)
+    else:  # "local": not a cluster named by a stale /tmp/ray/ray_current_cluster (a stopped `ray start`
+        # head leaves it behind, and ray.init() without an address would wait on that dead GCS forever)
+        ray.init(address="local", num_cpus=num_cpus or None, **kw)
     return True
 
 
