@@ -26,7 +26,8 @@ def init_session_ray():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": WORKER_ENV})
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True,  # not a stale ray_current_cluster
+                 runtime_env={"env_vars": WORKER_ENV})
     return ray
 
 
