@@ -98,7 +98,11 @@ def test_job_submit_runs_train(head, tmp_path):
     assert _http_status(f"{address}/api/jobs/") == 401  # no token
     assert _http_status(f"{address}/api/jobs/", "Bearer " + secrets.token_hex(16)) == 403  # wrong token
     assert _http_status(f"{address}/api/jobs/", "Bearer " + env["RAY_AUTH_TOKEN"]) == 200
-    cmd = [str(BIN / "ray"), "job", "submit", "--working-dir", str(REPO), "--",
+    # the Jobs page conventions (README "Ray dashboard"): a readable submission id, stage + run dir as metadata
+    sid = f"rayft-train-viajob-{time.strftime('%Y%m%d-%H%M%S')}"
+    meta = {"rayft_stage": "train", "run_dir": str(tmp_path / "viajob")}
+    cmd = [str(BIN / "ray"), "job", "submit", "--working-dir", str(REPO), "--submission-id", sid,
+           "--metadata-json", json.dumps(meta), "--",
            "python", "jobs/train.py", "--config", "configs/tiny.yaml", f"run.dir={tmp_path}", "run.name=viajob",
            "train.max_steps=4", "train.log_every=2", "train.checkpoint_every=4", "scaling.num_workers=1",
            "generate.prompt="]
@@ -112,6 +116,11 @@ def test_job_submit_runs_train(head, tmp_path):
     rep = json.loads((run_dir / "report.json").read_text())
     assert rep["steps"] == 4 and (run_dir / "adapter/adapter_model.safetensors").exists()
     assert rep["wall_s"] < time.time() - t0 + 1
+    req = urllib.request.Request(f"{address}/api/jobs/{sid}", headers={"Authorization": "Bearer " + env["RAY_AUTH_TOKEN"]})
+    with urllib.request.urlopen(req, timeout=30) as r:  # what the dashboard's Jobs page lists
+        job = json.loads(r.read())
+    assert job["submission_id"] == sid and job["status"] == "SUCCEEDED"
+    assert job["metadata"] == meta and job["entrypoint"].startswith("python jobs/train.py")
 
 
 def _job_file(stage: str) -> Path:
