@@ -64,13 +64,14 @@ def matrix() -> list[dict]:
     """(name, model, method, strategy, workers, offload) in run order: headline targets first."""
     rows = []
 
-    def add(method, model, strategy, w, off="", freeze=False, quantize="none"):
+    def add(method, model, strategy, w, off="", freeze=False, quantize="none", chunk=0):
         name = (f"{method}-{model.split('-')[1]}-{strategy}-w{w}" + (f"-off{off}" if off else "")
-                + ("-frozen-emb" if freeze else "") + (f"-q-{quantize}" if quantize != "none" else ""))
+                + ("-frozen-emb" if freeze else "") + (f"-q-{quantize}" if quantize != "none" else "")
+                + (f"-lc{chunk}" if chunk else ""))
         rows.append({"name": name, "model": model, "method": method, "strategy": strategy, "workers": w,
                      "offload_optimizer": "nvme" if "o" in off else "none",
                      "offload_params": "nvme" if "p" in off else "none", "freeze_embeddings": freeze,
-                     "quantize": quantize})
+                     "quantize": quantize, "loss_chunk": chunk})
     m5, m15 = "qwen2.5-0.5b", "qwen2.5-1.5b"
     add("lora", m5, "ddp", 1)
     add("lora", m15, "zero3", 2)
@@ -92,6 +93,9 @@ def matrix() -> list[dict]:
     for q in QUANTIZE_MODES:  # a quantized / bf16-stored frozen base: LoRA on ONE worker
         add("lora", m5, "ddp", 1, quantize=q)
         add("lora", m15, "ddp", 1, quantize=q)
+    # train.loss_chunk (no batch x seq x vocab logits): beside lora-0.5b-ddp-w1 and the 1.5B nf4 row
+    add("lora", m5, "ddp", 1, chunk=1024)
+    add("lora", m15, "ddp", 1, quantize="nf4", chunk=1024)
     return rows
 
 
@@ -130,7 +134,8 @@ def overrides(row: dict, model_dir: Path, pairs: Path, steps: int, seq: int) -> 
             "train.keep_checkpoints=1", "lora.target_modules=[q_proj,k_proj,v_proj,o_proj]", "lora.r=8",
             f"scaling.num_workers={w}", f"scaling.cpus_per_worker={min(1.0, 2.0 / w):g}",
             "scaling.torch_threads=1", "scaling.max_failures=0", "memory.budget_gb=0", "memory.malloc=compact",
-            "generate.prompt=", f"model.quantize={row.get('quantize', 'none')}"]
+            "generate.prompt=", f"model.quantize={row.get('quantize', 'none')}",
+            f"train.loss_chunk={row.get('loss_chunk', 0)}"]
 
 
 def estimate_for(ov: list[str]):
