@@ -37,9 +37,25 @@ class MultiNode:
 
     def add(self, name: str, cpus: float = 1, timeout: float = 60):
         """Start a worker node ``name`` (its own raylet) with ``cpus`` CPUs and ``{name: 1}``;
-        returns once the GCS lists it alive."""
-        node = self.cluster.add_node(num_cpus=cpus, resources={name: 1}, node_ip_address=LOOPBACK,
-                                     object_store_memory=150 * 2**20, include_dashboard=False, wait=True)
+        returns once the GCS lists it alive. Callable from any thread: ray's Node installs a
+        SIGTERM handler, which Python allows only in the main thread (from a test's fault thread
+        add_node raised ValueError, so the replacement node never joined); off the main thread
+        that handler is skipped (the cluster's shutdown stops the node's processes anyway)."""
+        import threading
+
+        import ray._private.utils as ray_utils
+
+        kw = dict(num_cpus=cpus, resources={name: 1}, node_ip_address=LOOPBACK,
+                  object_store_memory=150 * 2**20, include_dashboard=False, wait=True)
+        if threading.current_thread() is threading.main_thread():
+            node = self.cluster.add_node(**kw)
+        else:
+            real = ray_utils.set_sigterm_handler
+            ray_utils.set_sigterm_handler = lambda handler: None
+            try:
+                node = self.cluster.add_node(**kw)
+            finally:
+                ray_utils.set_sigterm_handler = real
         self.nodes[name] = node
         self.wait_alive(timeout)
         return node
