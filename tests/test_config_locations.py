@@ -121,3 +121,16 @@ def test_train_refuses_a_scheme_without_filesystem_before_writing(tmp_path):
     assert "command line: run.dir: ftp://bucket/runs?...: no filesystem for ftp://" in lines[0]
     assert SECRET not in res.stdout + res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_saved_config_drops_uri_credentials():
+    """What run files record (config.yaml, report.json, checkpoint state): the location without
+    its keys, still usable (credentials come from the environment); the command line masked."""
+    from rayft.config import load, saved_command, saved_config
+    from rayft.train.config import TrainConfig
+
+    cfg = load(TrainConfig, None, ["data.path=x.jsonl", f"run.dir={S3}"])
+    saved = saved_config(cfg)
+    assert saved["run"]["dir"] == "s3://bucket/runs?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert SECRET not in str(saved) and "AKIAEXAMPLE" not in str(saved)
+    assert SECRET not in saved_command(["rayft", "train", f"run.dir={S3}"])

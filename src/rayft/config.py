@@ -45,7 +45,7 @@ T = TypeVar("T")
 
 __all__ = ["ConfigError", "StageRefused", "Section", "opt", "section", "complete", "load", "from_dict",
            "to_dict", "read_yaml", "parse_overrides", "parse_value", "deep_merge", "describe", "help_text",
-           "mask_secrets", "is_secret_name", "field_type", "coerce", "leaves", "check_keys", "format_error",
+           "mask_secrets", "saved_config", "saved_command", "is_secret_name", "field_type", "coerce", "leaves", "check_keys", "format_error",
            "LocalPath", "FsPath", "check_location", "uri_scheme", "PYARROW_SCHEMES"]
 
 
@@ -771,8 +771,22 @@ _URL_QUERY_SECRET = re.compile(r"(?P<k>[?&][^=&#]*(?:key|token|secret|password|s
 
 
 def _mask_text(s: str) -> str:
+    if uri_scheme(s) in ("s3", "gs", "gcs", "abfs", "abfss", "hdfs"):
+        from .objstore import public  # s3://key:secret@bucket/x?secret_key=...: credentials dropped, the
+        return public(s)              # location stays usable (credentials come from the environment)
     s = _URL_USERINFO.sub(r"\g<scheme>***@", s)
     return _URL_QUERY_SECRET.sub(r"\g<k>***", s)
+
+
+def saved_config(cfg) -> dict:
+    """A config as written into run files (config.yaml, report.json, checkpoint state): secrets
+    masked, credentials dropped from object-store URIs (they come from the environment)."""
+    return mask_secrets(to_dict(cfg), type(cfg))
+
+
+def saved_command(argv: list[str]) -> str:
+    """The command line as recorded in a report: credentials in its arguments masked."""
+    return " ".join(_mask_text(a) for a in argv)
 
 
 def mask_secrets(d: Any, cls: type | None = None) -> Any:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import _env
-from ..config import ConfigError, to_dict
+from ..config import ConfigError, saved_command, saved_config, to_dict
 from ..storage import atomic_write_text, read_jsonl, write_jsonl
 from .config import TrainConfig
 from .datasets import (Prepared, check_inputs, pre_split_config, prepare, run_dir_of,  # noqa: F401  (re-exported)
@@ -68,16 +68,22 @@ def run_training(cfg: TrainConfig, prepared: Prepared | None = None, datasets: t
         ok = True
         return out
     finally:
-        report_html(p.run_dir)
+        report_html(p.run_dir, cfg)
         tracker.finish(p.run_dir, ok)
 
 
-def report_html(run_dir: Path) -> None:
-    """report.html beside report.json (when there is one); a page that cannot be written is a warning."""
+def report_html(run_dir: Path, cfg: TrainConfig | None = None) -> None:
+    """report.html beside report.json (when there is one), and into the bucket with it when
+    run.dir is remote; a page that cannot be written is a warning."""
     if (run_dir / "report.json").is_file():
         from .report_html import write_report_html
         try:
             write_report_html(run_dir)
+            from .remote import location
+            loc = location(cfg) if cfg is not None else None
+            if loc is not None:
+                from .. import objstore
+                objstore.upload(str(run_dir / "report.html"), loc, "report.html")
         except Exception as e:  # noqa: BLE001 - the run's results are in report.json either way
             print(f"[rayft] warning: report.html not written: {type(e).__name__}: {e}", file=sys.stderr)
 
@@ -103,7 +109,7 @@ def training_failed(cfg: TrainConfig, p: Prepared, error: BaseException, wall: f
         "run_dir": str(p.run_dir), "finished": False, "failed": True, "error": cause,
         "error_type": type(error).__name__, "logs": {"ray_session": logs, "metrics": str(p.run_dir / "metrics.jsonl")},
         "last_checkpoint": str(ck) if ck else None, "resumed_from_step": start_step or None,
-        "wall_s": wall, "config": to_dict(cfg), "command": " ".join(sys.argv)})
+        "wall_s": wall, "config": saved_config(cfg), "command": saved_command(sys.argv)})
     from .remote import push
     remote = push(cfg, p.run_dir)  # run.dir=s3://...: report.json (and metrics) into the bucket
     return TrainingFailed(f"training failed: {cause} | last checkpoint: {ck or 'none'} (a rerun resumes "
@@ -152,7 +158,7 @@ def open_run_dir(cfg: TrainConfig, p: Prepared) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     from .remote import pull
     pull(cfg, run_dir, overwrite=cfg.run.overwrite)  # run.dir=s3://...: the bucket's newest checkpoint
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(saved_config(cfg), sort_keys=False, allow_unicode=True))
     write_jsonl(run_dir / "rejects.jsonl", p.read.rejects)
     prev = latest_checkpoint_dir(run_dir)
     start_step = read_state(prev)["step"] if prev else 0

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import from_dict
+from ..config import from_dict, mask_secrets
 from ..data.packing import check_isolation, collate_packed, pack_examples
 from ..data.tokenize import collate
 from ..storage import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
@@ -395,7 +395,7 @@ class Worker:
             self.engine.save(tmp, self.rank, self.world, {
                 "step": self.step, "world_size": self.world, "final": self.step == cfg.train.max_steps,
                 "metrics": metrics, "method": cfg.train.method, "strategy": cfg.train.strategy,
-                "base_model": self.source, "config": self.config["cfg"], **extra})
+                "base_model": self.source, "config": mask_secrets(self.config["cfg"], TrainConfig), **extra})
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
                              checkpoint_dir_name=f"step_{self.step:07d}")
         finally:

@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ..config import ConfigError, to_dict
+from ..config import ConfigError, saved_command, saved_config
 from ..storage import atomic_write_json, read_jsonl
 from .config import TrainConfig
 from .datasets import Prepared
@@ -115,8 +115,8 @@ def build_report(cfg: TrainConfig, p: Prepared, metrics: list[dict], state: dict
         "useful_tokens_per_s": (sum(m.get("useful_tokens", m["tokens"]) for m in train_m) / tot_time
                                 if tot_time else 0.0),
         "peak_rss_mb": peaks, "wall_s": wall, "files": p.stats["files"], "sources": p.stats.get("sources", []),
-        "checkpoint": str(latest_checkpoint_dir(p.run_dir)), "config": to_dict(cfg),
-        "command": " ".join(sys.argv),
+        "checkpoint": str(latest_checkpoint_dir(p.run_dir)), "config": saved_config(cfg),
+        "command": saved_command(sys.argv),
     }
 
 
