@@ -130,7 +130,7 @@ def test_output_is_readable_by_the_train_reader(synth_run):
         assert not res.rejects and len(res.rows) == rep["languages"][lang]["train"] > 0
 
 
-def test_golden_rows_never_enter_train(ray_session, tmp_path):
+def test_golden_rows_never_enter_train(ray_session, tmp_path, capsys):
     info = synth.generate(tmp_path / "gen", n=600, seed=5, n_files=5)
     data = Path(info["data"])
     golden = tmp_path / "golden.jsonl"
@@ -149,6 +149,8 @@ def test_golden_rows_never_enter_train(ray_session, tmp_path):
     assert len(dup_of_golden) >= 15
     assert sum(r["split"] == "golden" for r in kept.values()) > 20  # plus the held-out fraction
     assert sum(r["split"] == "val" for r in kept.values()) > 0
+    err = capsys.readouterr().err  # not a terminal (as in a job log): progress as plain lines
+    assert "\r" not in err and "[rayft] curate read+filter " in err, err[-2000:]
 
 
 def test_golden_file_added_after_its_rows_were_accepted(ray_session, tmp_path):

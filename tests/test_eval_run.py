@@ -103,6 +103,7 @@ def test_nan_and_noop_candidates_are_rejected_with_reasons(ray_session, golden, 
     out, err = capsys.readouterr()
     assert rc == 3  # `rayft eval && promote` stops on a rejection; eval.json is still written and printed
     assert "gate rejected the candidate (FAIL golden" in err
+    assert "\r" not in err and "[rayft] eval score " in err  # progress as plain lines off a terminal
     ev = json.loads(open(out.strip().splitlines()[-1]).read())
     assert ev["decision"] == "reject"
     assert ev["reasons"][0].startswith("PASS finite")

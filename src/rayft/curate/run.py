@@ -68,13 +68,14 @@ def _signer(texts: list[str], cfg: CurateConfig) -> pa.Array:
 
 def _read_and_filter(tasks: list[dict], cfg: CurateConfig) -> pa.Table:
     import ray
-    from tqdm import tqdm
+
+    from ..progress import bar as progress
 
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
     ds = ds.map_batches(_process_batch, batch_size=1, batch_format="pyarrow", fn_kwargs={"cfg": to_dict(cfg)},
                         num_cpus=cfg.ray.task_cpus)
     parts = []
-    with tqdm(desc="curate: read+filter", unit=" rows", disable=None) as bar:
+    with progress(None, "curate read+filter", "row") as bar:  # a bar on a terminal, else a line every 30 s
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4):
             parts.append(block)
             bar.update(block.num_rows)

@@ -76,7 +76,13 @@ def score_rows(table: pa.Table, cand: dict, champ: dict, cfg: EvalConfig) -> lis
     elif s.generate:
         ds = ds.map_batches(lexical_similarity, fn_kwargs=dict(metric=s.similarity, prefixes=PREFIXES),
                             batch_size=64, batch_format="pyarrow", num_cpus=r.num_cpus)
-    parts = list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+    from ..progress import bar as progress
+
+    parts = []
+    with progress(table.num_rows, "eval score", "row") as bar:  # a bar on a terminal, else a line every 30 s
+        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            parts.append(block)
+            bar.update(block.num_rows)
     return pa.concat_tables(parts).sort_by("row").to_pylist()
 
 
