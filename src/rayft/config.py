@@ -159,6 +159,31 @@ def uri_scheme(value: str) -> str | None:
     return m.group(1).lower() if m else None
 
 
+def shown_uri(uri: str) -> str:
+    """``uri`` as it may appear in output: no ``user:password@``, no ``?query``."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    rest = rest.partition("?")[0]
+    host, slash, path = rest.partition("/")
+    return f"{scheme}://{host.rpartition('@')[2]}{slash}{path}"
+
+
+_SECRET_QUERY = frozenset({"access_key", "secret_key", "session_token"})
+
+
+def public_uri(uri: str) -> str:
+    """``uri`` without its credentials (``user:password@``, access_key/secret_key/session_token
+    in the query) but with the rest of its query (endpoint_override, scheme, region): a
+    location a user can paste into another command (``rayft eval candidate=...``)."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    base, _, query = rest.partition("?")
+    q = "&".join(p for p in query.split("&") if p and p.split("=", 1)[0] not in _SECRET_QUERY)
+    return shown_uri(uri) + (f"?{q}" if q else "")
+
+
 def _shown(value: str) -> str:
     """A URI as it may appear in an error: no user:password@, no ?query (keys travel there)."""
     scheme, _, rest = value.partition("://")
@@ -772,8 +797,9 @@ _URL_QUERY_SECRET = re.compile(r"(?P<k>[?&][^=&#]*(?:key|token|secret|password|s
 
 def _mask_text(s: str) -> str:
     if uri_scheme(s) in ("s3", "gs", "gcs", "abfs", "abfss", "hdfs"):
-        from .objstore import public  # s3://key:secret@bucket/x?secret_key=...: credentials dropped, the
-        return public(s)              # location stays usable (credentials come from the environment)
+        # s3://key:secret@bucket/x?secret_key=...: credentials dropped, the location stays
+        # usable (credentials come from the environment)
+        return public_uri(s)
     s = _URL_USERINFO.sub(r"\g<scheme>***@", s)
     return _URL_QUERY_SECRET.sub(r"\g<k>***", s)
 

@@ -22,37 +22,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pyarrow.fs as pafs
 
+from .config import public_uri as public  # noqa: F401  (objstore.public: re-exported)
+from .config import shown_uri as shown  # noqa: F401
 from .config import uri_scheme
 
 
 def is_remote(location: str) -> bool:
     """A ``scheme://`` location other than ``file://`` (plain paths and file:// are local)."""
     return uri_scheme(location) not in (None, "file")
-
-
-def shown(uri: str) -> str:
-    """``uri`` as it may appear in output: no ``user:password@``, no ``?query``."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        return uri
-    rest = rest.partition("?")[0]
-    host, slash, path = rest.partition("/")
-    return f"{scheme}://{host.rpartition('@')[2]}{slash}{path}"
-
-
-_SECRET_QUERY = frozenset({"access_key", "secret_key", "session_token"})
-
-
-def public(uri: str) -> str:
-    """``uri`` without its credentials (``user:password@``, access_key/secret_key/session_token
-    in the query) but with the rest of its query (endpoint_override, scheme, region): a
-    location a user can paste into another command (``rayft eval candidate=...``)."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        return uri
-    base, _, query = rest.partition("?")
-    q = "&".join(p for p in query.split("&") if p and p.split("=", 1)[0] not in _SECRET_QUERY)
-    return shown(uri) + (f"?{q}" if q else "")
 
 
 def _query(uri: str) -> dict[str, str]:
