@@ -1,6 +1,8 @@
 """Run layout and atomic writes: a crash or kill leaves the last good state readable."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -106,3 +108,15 @@ def mark_done(directory: str | Path, name: str = "_SUCCESS", info: dict | None =
 
 def is_done(directory: str | Path, name: str = "_SUCCESS") -> bool:
     return (Path(directory) / name).exists()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path):
+    """Hold an exclusive flock on ``path`` (created if missing) for the ``with`` block; waits for
+    other holders on this machine."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

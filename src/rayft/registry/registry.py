@@ -319,15 +319,11 @@ class Registry:
         if not self.store.local:
             yield
             return
-        import fcntl
+        from ..storage import exclusive_lock
         p = Path(self.store.path(f"{self.name}/.lock"))
         p.parent.mkdir(parents=True, exist_ok=True)
-        with open(p, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with exclusive_lock(p):
+            yield
 
     def _event(self, action: str, **info) -> None:
         ev = {"action": action, "time": time.time(), "command": " ".join(sys.argv), **info}

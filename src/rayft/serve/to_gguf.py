@@ -27,8 +27,6 @@ the merge step.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -38,6 +36,8 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+from ..storage import exclusive_lock
 
 GGUF_TYPES = ("f16", "f32", "bf16", "q8_0")
 SDIST = "llama-cpp-python"
@@ -80,7 +80,7 @@ def converter_dir(source: str = "") -> Path:
     if _is_converter_dir(dest):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(dest.parent / f"{ver}.lock"):
+    with exclusive_lock(dest.parent / f"{ver}.lock"):
         if _is_converter_dir(dest):
             return dest
         with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{ver}.") as tmp:
@@ -113,16 +113,6 @@ def _extract_converter(tar_path: Path, out: Path) -> None:
         tf.extractall(out, members=members, filter="data")
     if not _is_converter_dir(out):
         raise ConvertError(f"{tar_path.name}: no vendor/llama.cpp/convert_hf_to_gguf.py with gguf-py/ in it")
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def cache_key(manifest: dict, gguf_type: str, converter: str) -> str:
@@ -158,7 +148,7 @@ def gguf_for(manifest: dict, spec: dict, gguf_type: str = "f16", source: str = "
     if out.is_file():
         os.utime(out)  # recently used (for whoever prunes the cache)
         return out
-    with _locked(root / f"{key}.lock"):
+    with exclusive_lock(root / f"{key}.lock"):
         if out.is_file():
             return out
         log = root / f"{key}.log"
