@@ -36,6 +36,19 @@ def _bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+
+def _train(model, trainable, batch, steps: int) -> list[float]:
+    """``steps`` AdamW steps (lr 3e-3) on one batch; the loss of each."""
+    opt = torch.optim.AdamW(trainable, lr=3e-3)
+    losses = []
+    for _ in range(steps):
+        out = model(**batch)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(out.loss))
+    return losses
+
 def test_half_the_bytes_same_outputs_fp32_compute(tok, batch):
     src = resolve_source("tiny-qwen2")
     ref = load_model(src, tok, "float32", seed=0)
@@ -77,14 +90,7 @@ def test_lora_on_bf16_storage_trains_and_adapter_loads_back(tok, batch, tmp_path
     model = build_model(cfg, src, tok)
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable and all(p.dtype == torch.float32 for p in trainable)
-    opt = torch.optim.AdamW(trainable, lr=3e-3)
-    losses = []
-    for _ in range(15):
-        out = model(**batch)
-        out.loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(float(out.loss))
+    losses = _train(model, trainable, batch, 15)
     assert losses[-1] < losses[0] - 0.1, losses
     model.eval()
     model.save_pretrained(str(tmp_path / "adapter"), safe_serialization=True)
@@ -237,12 +243,5 @@ def test_random_init_quantized_layer_by_layer(tok, batch, tmp_path):
     ) == sum(p.numel() for p in ref.parameters())
     model = build_model(cfg, str(d), tok)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=3e-3)
-    losses = []
-    for _ in range(8):
-        out = model(**batch)
-        out.loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(float(out.loss))
+    losses = _train(model, trainable, batch, 8)
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses
