@@ -106,6 +106,14 @@ def quiet_ray(log_dir: str | os.PathLike | None = None) -> None:
 
     import ray.data  # configures the ray.data logger, so its console handler is filtered too
 
+    import warnings
+
+    from huggingface_hub.utils import disable_progress_bars
+    disable_progress_bars()  # transformers' "Loading weights" bar when a stage reloads a model here
+    if "transformers.utils.logging" in sys.modules:  # (imported before: it read the switch already)
+        sys.modules["transformers.utils.logging"].disable_progress_bar()
+    # peft asks transformers' deprecated alias on every wrap: a warning only transformers can act on
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_operator_progress_bars = False
     if not sys.stderr.isatty():

@@ -258,6 +258,7 @@ class Progress(threading.Thread):
                         disable=not self.tty)
         self.events_seen = {json.dumps(r, sort_keys=True) for r in read_jsonl(path) if "event" in r}
         self.t_line, self.line_step = time.time(), start
+        self.lines = 0
 
     def run(self) -> None:
         while not self.stop_evt.wait(1.0):
@@ -293,6 +294,9 @@ class Progress(threading.Thread):
             return
         rate = (last["step"] - self.line_step) / max(now - self.t_line, 1e-9)
         eta = (self.bar.total - last["step"]) / rate if rate > 0 else 0
+        # no ETA on the first line: its rate would include Ray's and the workers' start-up
+        eta_s = f" | ETA {eta:.0f} s" if self.lines else ""
         print(f"[rayft] train step {last['step']}/{self.bar.total} | loss {last['loss']:.3f} | lr {last['lr']:.2e} "
-              f"| {last['tokens_per_s']:.0f} tokens/s | ETA {eta:.0f} s", file=sys.stderr, flush=True)
+              f"| {last['tokens_per_s']:.0f} tokens/s{eta_s}", file=sys.stderr, flush=True)
         self.t_line, self.line_step = now, last["step"]
+        self.lines += 1
