@@ -175,3 +175,35 @@ def test_results_table_best_and_plot(tmp_path):
     assert len(json.loads((tmp_path / "results.json").read_text())["trials"]) == 4
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
     assert pick_best([rows[1], rows[3]]) is None  # nothing finished: no candidate
+
+
+def test_sweep_progress_lines_count_trials_and_best(capsys):
+    """The sweep's console line (issue 21): done/running/total, errored, best val loss so far."""
+    import io
+    from types import SimpleNamespace as T
+
+    import pickle
+
+    from rayft.tune.progress import SweepProgress
+
+    out = io.StringIO()
+    cb = SweepProgress(4, every_s=3600)
+    cb = pickle.loads(pickle.dumps(cb))  # Tune pickles the RunConfig holding it
+    cb.file = out
+    trials = [T(trial_id="a", status="RUNNING"), T(trial_id="b", status="RUNNING"),
+              T(trial_id="c", status="PENDING"), T(trial_id="d", status="PENDING")]
+    cb.on_trial_result(1, trials, trials[0], {"val_loss": 0.9})
+    cb.on_trial_result(1, trials, trials[1], {"val_loss": 0.7})
+    cb.on_trial_result(2, trials, trials[0], {"val_loss": float("nan")})
+    cb.on_step_end(2, trials)  # not yet time for a periodic line
+    assert out.getvalue() == ""
+    trials[0].status = "TERMINATED"
+    cb.on_trial_complete(3, trials, trials[0])
+    trials[1].status, trials[2].status = "ERROR", "RUNNING"
+    cb.on_trial_error(4, trials, trials[1])
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[rayft] sweep 1/4 trials done, 1 running | best val loss 0.7000 (b) | ")
+    assert lines[1].startswith("[rayft] sweep 2/4 trials done, 1 running, 1 errored | best val loss 0.7000 (b)")
+    cb2 = SweepProgress(2, file=out, every_s=0)
+    cb2.on_step_end(1, trials[:2])
+    assert out.getvalue().splitlines()[-1].startswith("[rayft] sweep 2/2 trials done, 0 running, 1 errored | ")

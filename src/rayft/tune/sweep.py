@@ -64,10 +64,21 @@ def _param_space(plan: Plan) -> dict:
     return {p.key: make[p.kind](p.values) for p in plan.params}
 
 
+def _trial_count(plan: Plan, scfg: SweepConfig) -> int:
+    """Trials Tune will run: num_samples, times every grid key's value count."""
+    n = scfg.sweep.num_samples
+    for p in plan.params:
+        if p.kind == "grid":
+            n *= len(p.values)
+    return n
+
+
 def _new_tuner(plan: Plan, scfg: SweepConfig, trainable, concurrency: int):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
+
+    from .progress import SweepProgress
 
     if plan.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -87,7 +98,8 @@ def _new_tuner(plan: Plan, scfg: SweepConfig, trainable, concurrency: int):
                                     num_samples=scfg.sweep.num_samples,
                                     max_concurrent_trials=concurrency if plan.search == "optuna" else None,
                                     trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(name="tune", **_storage(plan), verbose=1,
+        run_config=tune.RunConfig(name="tune", **_storage(plan), verbose=1 if _env.verbose() else 0,
+                                  callbacks=[SweepProgress(_trial_count(plan, scfg))],
                                   failure_config=tune.FailureConfig(max_failures=scfg.sweep.trial_retries)))
 
 
