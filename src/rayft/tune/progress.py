@@ -18,6 +18,10 @@ class SweepProgress(tune.Callback):
         self.t0 = self.t_line = time.monotonic()
         self.best: tuple[float, str] | None = None
 
+    def __setstate__(self, state):  # restored by a resumed sweep: its clock starts now
+        self.__dict__.update(state)
+        self.t0 = self.t_line = time.monotonic()
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         vl = result.get("val_loss")
         if isinstance(vl, (int, float)) and vl == vl and (self.best is None or vl < self.best[0]):
