@@ -42,7 +42,7 @@ def _prepare_data(plan: Plan) -> dict:
     bs = next((p.values for p in plan.params if p.key == "train.batch_size"), [plan.base_cfg.train.batch_size])
     variants = [(trial_config(plan.base, v), v) for v in data_variants(plan.params)]
     sources = [check_inputs(cfg) for cfg, _ in variants]  # bad files/model of any variant: before Ray starts
-    _env.ray_start(log_to_driver=True)
+    _env.ray_start(log_to_driver=True, log_dir=plan.sweep_dir / "logs")  # Ray's chatter: <sweep>/logs/driver.log
     for (cfg, _), source in zip(variants, sources):
         p = prepare(cfg, source=source)  # Ray Data read
         need = cfg.scaling.num_workers * max(bs)
