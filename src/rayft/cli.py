@@ -57,6 +57,9 @@ STAGES: dict[str, tuple[str, str, str, dict]] = {
                           "move champion back to the previous version", {}),
     "registry cleanup": ("rayft.registry.commands:RegistryConfig", "rayft.registry.commands:run_cleanup",
                          "keep the N best versions, never deleting champion or previous", {}),
+    "registry context": ("rayft.registry.commands:RegistryConfig", "rayft.registry.commands:run_context",
+                         "set (file=...), clear (clear=true) or show a line's context block, served in the "
+                         "system turn of every chat request (memory injection without training)", {}),
     "watch": ("rayft.watch.config:WatchConfig", "rayft.watch.daemon:run_watch",
               "daemon: new data -> curate -> train -> gate -> register -> promote (served), with alerts; "
               "`rayft watch status|pause [line]|resume [line]|stop dir=...` controls it",

@@ -1,4 +1,4 @@
-"""``rayft registry list | show | add | promote | rollback | cleanup``.
+"""``rayft registry list | show | add | promote | rollback | cleanup | context``.
 
 Each returns the text the CLI prints. Registry errors surface as ``ConfigError`` so the
 CLI prints one line and exits 2, with the registry unchanged.
@@ -28,6 +28,11 @@ class RegistryConfig(Section):
     keep_best: int = opt(0, "cleanup (and after add/promote): keep the N best-scoring versions; "
                          "champion and previous are never deleted (0: keep all)", ge=0)
     json: bool = opt(False, "print JSON instead of a table")
+    file: str = opt("", "context: a UTF-8 text file (at most 256 KiB) to store as the line's context block, "
+                    "which `rayft serve` puts in the system turn of every chat request for the line (memory "
+                    "injection without training; servers pick it up within alias_refresh_s)")
+    clear: bool = opt(False, "context: remove the line's context block (e.g. once a LoRA trained on those "
+                      "memories is champion)")
 
 
 @contextlib.contextmanager
@@ -176,3 +181,30 @@ def run_cleanup(cfg: RegistryConfig) -> str:
     with _errors():
         gone = _reg(cfg).cleanup(cfg.keep_best)
     return "deleted: " + (", ".join(gone) if gone else "(nothing)")
+
+
+def run_context(cfg: RegistryConfig) -> str:
+    """Set (file=...), clear (clear=true) or show the line's context block (digest and size only)."""
+    from .context import ContextError, context_info, decode, set_context
+
+    if cfg.file and cfg.clear:
+        raise ConfigError("context: give file=... (set the block) or clear=true (remove it), not both")
+    text = None
+    if cfg.file:
+        path = Path(os.path.expanduser(cfg.file))
+        try:
+            text = decode(path.read_bytes(), f"file: {path}")
+        except OSError as e:
+            raise ConfigError(f"file: {path}: cannot read it ({e.strerror or type(e).__name__})") from None
+        except ContextError as e:
+            raise ConfigError(str(e)) from None
+        if not text:
+            raise ConfigError(f"file: {path} is empty (to remove the block: clear=true)")
+    with _errors():
+        reg = _reg(cfg)
+        info = set_context(reg, "" if cfg.clear else text) if cfg.clear or text is not None else context_info(reg)
+    if cfg.json:
+        return json.dumps({"name": reg.name, "context": info})
+    if info is None:
+        return f"{reg.name}: no context block"
+    return f"{reg.name}: context block sha256 {info['sha256']}, {info['chars']} chars"

@@ -34,6 +34,7 @@ from ..models.spec import base_spec
 from ..registry import IntegrityError, Registry, RegistryError
 from . import openai_api as oa
 from .config import ServeConfig
+from .context import ContextError, Contexts
 from .engine import Engine, EngineBusy, EngineError
 from .routing import Router
 
@@ -248,6 +249,10 @@ class Gateway:
         c = self.cfg
         self.router = Router(c.registry, c.models, c.languages, c.default_model, c.alias_refresh_s,
                              c.allow_unpromoted_versions)
+        # context blocks ("message mode"): re-read with the aliases; a request carries its line's
+        self.contexts = Contexts(c.models, c.context, c.context_file, c.registry, c.alias_refresh_s)
+        for line in c.models:
+            self.contexts.get(line)
         self.warming: dict[str, str] = {}
         self.handles: dict[tuple, object] = {}
         self.swap_errors: dict[str, str] = {}
@@ -392,6 +397,8 @@ class Gateway:
             self._hot_swap()
             line, version = self.router.resolve(req["model"], oa.request_text(req))
             model = f"{line}:{version}"
+            if req["kind"] == "chat" and (ctx := self.contexts.get(line)):
+                req["context"] = ctx  # the replica puts it in the system turn (engine.system_turn)
             if req["stream"]:
                 # the first item (first text, or an error) decides the status line
                 gen, first = await self._open_stream(line, version, req)
@@ -446,7 +453,7 @@ class Gateway:
         if self._authed(request):
             now = time.monotonic()
             body |= {"models": self.router.status(), "swapping": dict(self.warming),
-                     "swap_errors": dict(self.swap_errors),
+                     "swap_errors": dict(self.swap_errors), "contexts": self.contexts.status(),
                      "load_failures": {ln: {"version": f["version"], "attempts": f["attempts"],
                                             "retry_in_s": round(max(0.0, f["retry_at"] - now), 1)}
                                        for ln, f in self.failed.items()}}
@@ -498,6 +505,10 @@ def build_app(cfg: ServeConfig):
                           "version first (rayft eval ... registry.promote=true, or rayft registry promote)")
     if not bases:
         bases["full"] = None
+    try:
+        Contexts(cfg.models, cfg.context, cfg.context_file, cfg.registry, cfg.alias_refresh_s).check()
+    except ContextError as e:
+        raise ConfigError(str(e)) from None
     threads = cfg.torch_threads or max(1, round(cfg.num_cpus))
     engine = engine_options(cfg)
     servers = {k: ModelServer.options(name=f"model_{i}", num_replicas=cfg.replicas,

@@ -16,6 +16,17 @@ class ServeConfig(Section):
                             "version id, or auto (route by the prompt's language)", min_length=1)
     languages: dict[str, str] = opt({}, "language -> model line for `auto`/alias requests, e.g. {en: en, "
                                     "zh: zh} (separate English and Chinese models)")
+    context: dict[str, str] = opt({}, "line -> context block (\"message mode\": memory injection without "
+                                  "training), e.g. {en: 'The user is Ana; she prefers short answers.'}. Put in "
+                                  "the system turn of every chat request for that line, after the system prompt "
+                                  "(the version's trained one, or the request's own system message, which "
+                                  "replaces only the trained one: the block is always applied); counts toward "
+                                  "the prompt-token limit; /v1/completions (raw text) gets none. Lines without "
+                                  "context/context_file use the registry's block (rayft registry context)")
+    context_file: dict[str, str] = opt({}, "line -> file (local path or s3://... URI) holding the line's context "
+                                       "block (UTF-8, at most 256 KiB); re-read when it changes, checked every "
+                                       "alias_refresh_s, so memories update without a redeploy; an empty file = "
+                                       "no block")
     default_model: str = opt("", "line used when language routing does not decide ('' = first of models)")
     trust_remote_code: bool = opt(False, "run a base model's own Python code (transformers trust_remote_code). "
                                   "Only this setting turns it on: a registry manifest never can")
@@ -70,6 +81,16 @@ class ServeConfig(Section):
         bad = {k: v for k, v in self.languages.items() if v not in self.models}
         if bad:
             raise ConfigError(f"languages: {bad} route to lines not in models {self.models}")
+        for key in ("context", "context_file"):
+            bad = sorted(set(getattr(self, key)) - set(self.models))
+            if bad:
+                raise ConfigError(f"{key}: lines {bad} are not in models {self.models}")
+        big = sorted(k for k, v in self.context.items() if len(v.encode()) > 256 * 1024)
+        if big:
+            raise ConfigError(f"context: the block for {big} is over 256 KiB (it goes into every prompt)")
+        both = sorted(set(self.context) & set(self.context_file))
+        if both:
+            raise ConfigError(f"context and context_file both set for {both}: use one per line")
         if self.max_ongoing_requests < self.max_batch_size:
             raise ConfigError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
                               f"({self.max_batch_size}): a replica never sees more requests at once")

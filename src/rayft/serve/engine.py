@@ -32,6 +32,15 @@ import threading
 from pathlib import Path
 
 
+def system_turn(trained: str, own: str | None, context: str = "") -> str:
+    """The system turn of a chat prompt: the request's own system message when it sends one,
+    else the system prompt the version was trained with; then the line's context block (serve
+    config ``context``/``context_file`` or the registry's, see ``context.py``), after a blank
+    line. The block is applied whatever the request sends: it is the server's, not the client's."""
+    base = own if own is not None else (trained or "")
+    return "\n\n".join(p for p in (base, context) if p)
+
+
 class EngineError(ValueError):
     """A version this engine cannot host (e.g. a LoRA on a different base model), or a request
     it refuses before generating (prompt too long): HTTP 400."""
@@ -178,11 +187,8 @@ class Engine:
         from ..data.tokenize import prompt_text
 
         msgs = list(req["messages"])
-        system = ""
-        if msgs[0]["role"] == "system":
-            system = msgs.pop(0)["content"]
-        else:
-            system = h.system_prompt  # what the version was trained with
+        own = msgs.pop(0)["content"] if msgs[0]["role"] == "system" else None
+        system = system_turn(h.system_prompt, own, req.get("context", ""))
         return prompt_text(tok, system, json.dumps(msgs[:-1], ensure_ascii=False) if msgs[:-1] else "",
                            msgs[-1]["content"])
 
@@ -217,7 +223,8 @@ class Engine:
         if len(ids) > limit:
             raise EngineError(f"the prompt is too long: {len(ids)} tokens; this model accepts at most {limit} "
                               f"prompt tokens with max_tokens={req['max_tokens']} (context {self.context_length(h)}, "
-                              f"max_prompt_tokens {self.max_prompt_tokens or 'unset'})")
+                              f"max_prompt_tokens {self.max_prompt_tokens or 'unset'})"
+                              + ("; the line's context block counts toward it" if req.get("context") else ""))
         return Job(h, req, list(ids), on_event, cancel or threading.Event())
 
     def generate(self, h: Loaded, req: dict) -> dict:
