@@ -245,3 +245,63 @@ def test_random_init_quantized_layer_by_layer(tok, batch, tmp_path):
     trainable = [p for p in model.parameters() if p.requires_grad]
     losses = _train(model, trainable, batch, 8)
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses
+
+
+@pytest.mark.parametrize("mode", ["int8", "nf4"])
+def test_pretrained_base_quantized_while_loading_same_as_compact(tok, batch, tmp_path, mode):
+    """A pretrained (safetensors) base with model.quantize=int8|nf4 is quantized by transformers'
+    BitsAndBytesConfig as each weight is read (lowbit.bnb_config; no whole bf16 copy) and ends up
+    identical to the old path - the whole base loaded in bf16, then store_base_compact: same
+    module types, bit-equal weights after dequantization, same frozen-ness, dtypes, tied
+    embedding, DDP ignore list; `rayft export`'s dequantized_base reproduces it; LoRA trains."""
+    import bitsandbytes as bnb
+
+    from rayft.models.load import TINY_TOKENIZER, build_tiny
+    from rayft.train.lowbit import dequantize_linear, dequantized_base, quantized_param_names
+
+    d = tmp_path / "pretrained"
+    build_tiny("tiny-qwen2", len(tok), seed=3).to(torch.bfloat16).save_pretrained(str(d), safe_serialization=True)
+    for f in TINY_TOKENIZER.iterdir():
+        (d / f.name).write_bytes(f.read_bytes())
+    cfg = load(TrainConfig, REPO / "configs/tiny.yaml", [f"model.name={d}", f"model.quantize={mode}", "lora.dropout=0"])
+    layer = bnb.nn.Linear8bitLt if mode == "int8" else bnb.nn.Linear4bit
+
+    loaded = base_model(cfg, str(d), tok)  # quantized by transformers + bitsandbytes while loading
+    assert sum(isinstance(m, layer) for m in loaded.modules()) == 7 * 2
+    new = store_base_compact(loaded, mode)
+    old = store_base_compact(load_model(str(d), tok, "bfloat16"), mode)
+    om, nm = dict(old.named_modules()), dict(new.named_modules())
+    assert {k: type(v) for k, v in om.items()} == {k: type(v) for k, v in nm.items()}
+    lin = [k for k, v in nm.items() if isinstance(v, layer)]
+    for k in lin:
+        assert torch.equal(dequantize_linear(nm[k]), dequantize_linear(om[k])), k
+        if mode == "int8":
+            assert nm[k].state.threshold == om[k].state.threshold == 0.0
+    op, np_ = dict(old.named_parameters()), dict(new.named_parameters())
+    assert op.keys() == np_.keys()
+    for k, p in np_.items():
+        q = op[k]
+        assert (type(p), p.dtype, p.requires_grad) == (type(q), q.dtype, q.requires_grad), k
+        assert torch.equal(p.data, q.data), k
+    assert new.get_output_embeddings().weight is new.get_input_embeddings().weight  # tied, bf16, frozen
+    assert quantized_param_names(new) == quantized_param_names(old) and len(quantized_param_names(new)) == len(lin)
+    assert getattr(new, "is_loaded_in_8bit" if mode == "int8" else "is_loaded_in_4bit") is True
+
+    # what `rayft export` merges into (the bf16 base quantized + dequantized) is this base
+    deq = dict(dequantized_base(load_model(str(d), tok, "bfloat16"), mode).named_parameters())
+    for k in lin:
+        assert torch.equal(deq[k + ".weight"], dequantize_linear(nm[k])), k
+    with torch.no_grad():
+        a, b = new(**batch).logits, old(**batch).logits
+    assert torch.equal(a, b)
+
+    # the train worker's build: peft's bnb LoRA layers, DDP ignores the quantized weights, it trains
+    model = build_model(cfg, str(d), tok)
+    assert model._ddp_params_and_buffers_to_ignore == quantized_param_names(model)
+    assert len(model._ddp_params_and_buffers_to_ignore) == len(lin)
+    wrapped = [m for m in model.modules() if hasattr(m, "lora_A")]
+    assert wrapped and all(type(m).__module__ == "peft.tuners.lora.bnb" for m in wrapped)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    losses = _train(model, trainable, batch, 8)
+    assert losses[-1] < losses[0], losses

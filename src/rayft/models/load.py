@@ -125,13 +125,16 @@ def build_tiny(name: str, vocab_size: int, seed: int = 0):
 
 
 def load_model(source: str, tokenizer=None, dtype: str = "auto", trust_remote_code: bool = False,
-               seed: int = 0):
-    """The base causal LM, in ``dtype`` (float32 on CPU)."""
+               seed: int = 0, quantization_config=None):
+    """The base causal LM, in ``dtype`` (float32 on CPU). ``quantization_config`` (a pretrained
+    source only; train/lowbit.py ``bnb_config``) is passed to transformers' ``from_pretrained``,
+    which then quantizes each weight as it is read."""
     from transformers import AutoModelForCausalLM
 
     td = torch_dtype(dtype)
     if source in TINY:
         tok = tokenizer or load_tokenizer(source)
         return build_tiny(source, len(tok), seed).to(td)
+    kw = {"quantization_config": quantization_config} if quantization_config is not None else {}
     return AutoModelForCausalLM.from_pretrained(source, dtype=td, use_safetensors=True,
-                                                trust_remote_code=trust_remote_code)
+                                                trust_remote_code=trust_remote_code, **kw)

@@ -25,6 +25,12 @@ int8 1.50 s but its nf4 (NF4Tensor, no peft layer) 2.73 s and peft's torchao lay
 optimum-quanto 0.2.7 int8 1.08 s but no nf4 (qint4 JIT-builds C++ kernels, >5 min). Only
 bitsandbytes covers both modes on CPU with peft's maintained integration. Export merges the adapter
 into ``dequantized_base`` - the exact base the adapter was trained against, stored fp32.
+
+A pretrained base is quantized while it loads: transformers' ``from_pretrained`` with
+``bnb_config(mode)`` (its bitsandbytes integration, which works on the CPU backend) puts the
+same bitsandbytes layers in place before any weight is read and quantizes each weight as it
+arrives, so no whole bf16 copy of the base exists (a random-init base: ``random_quantized``,
+layer by layer). The result is bit-equal to ``store_base_compact`` on the bf16-loaded base.
 """
 from __future__ import annotations
 
@@ -77,7 +83,11 @@ def store_base_compact(model: torch.nn.Module, mode: str, compute_dtype=torch.fl
     if mode == "none":
         return model
     if mode in BNB_MODES:
-        _bnb_linears(model, mode, compute_dtype)
+        _bnb_linears(model, mode, compute_dtype)  # no-op on a base bitsandbytes already loaded (bnb_config)
+        import bitsandbytes as bnb
+        for m in model.modules():  # frozen like every other base weight (a loaded bias is trainable)
+            if isinstance(m, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)) and m.bias is not None:
+                m.bias.requires_grad_(False)
     elif mode != "bf16-storage":
         raise ValueError(f"model.quantize: expected one of {', '.join(QUANTIZE)}, got {mode!r}")
     seen: set[int] = set()
@@ -100,6 +110,24 @@ def store_base_compact(model: torch.nn.Module, mode: str, compute_dtype=torch.fl
     return model
 
 
+def bnb_config(mode: str, compute_dtype=torch.float32):
+    """transformers' ``BitsAndBytesConfig`` for a pretrained base loaded with ``model.quantize=mode``:
+    ``from_pretrained`` then replaces the same linears as ``_bnb_linears`` (every one but the
+    output embedding) by the same bitsandbytes layers, and quantizes each weight as it is read
+    from the safetensors file, so the whole base never exists in bf16 (measured: benchmarks/
+    RESULTS.md, "Quantized frozen base"). Same settings as ``_bnb_linears``: int8 with
+    ``threshold=0`` and no fp16 weights, nf4 double-quantized; the quantized weights are
+    bit-equal to ``store_base_compact`` on the bf16-loaded base (tests/test_lowbit.py)."""
+    from transformers import BitsAndBytesConfig
+
+    if mode == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=0.0, llm_int8_has_fp16_weight=False)
+    if mode == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)
+    raise ValueError(f"bnb_config: expected one of {', '.join(BNB_MODES)}, got {mode!r}")
+
+
 def _bnb_linears(model: torch.nn.Module, mode: str, compute_dtype, flag_on: torch.nn.Module | None = None) -> None:
     """Replace every plain ``nn.Linear`` but the output embedding by its bitsandbytes layer
     (quantized now, on the weight's device, by bitsandbytes); frees the float weights."""
@@ -120,7 +148,7 @@ def _bnb_linears(model: torch.nn.Module, mode: str, compute_dtype, flag_on: torc
             new.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4", module=new)
         if has_bias:
             new.bias = torch.nn.Parameter(lin.bias.data.to(compute_dtype), requires_grad=False)
-        new = new.to(w.device)  # bitsandbytes quantizes on the move to a device
+        new = new.to(w.device).train(lin.training)  # bitsandbytes quantizes on the move to a device
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
         del lin, w
