@@ -76,7 +76,7 @@ def test_system_turn_places_the_block_after_the_system_prompt():
 
 def test_prompt_carries_the_block_and_it_counts_toward_the_limit(engine):
     from rayft.data.tokenize import prompt_text
-    from rayft.serve.engine import EngineError
+    from rayft.serve.engine import Engine, EngineError
 
     eng, h = engine
     en = h["en"]
@@ -99,8 +99,9 @@ def test_prompt_carries_the_block_and_it_counts_toward_the_limit(engine):
             eng.prepare(en, _req(context=MEM))
     finally:
         eng.max_prompt_tokens = 0
-    # and the model answers a different prompt: the block reaches the model
     assert eng.generate(en, _req(context=MEM))["prompt_tokens"] == n_ctx
+    from rayft.serve.llamacpp import LlamaCppEngine  # engine=llamacpp: the same prompt builder and limit
+    assert LlamaCppEngine.prompt_for is Engine.prompt_for and LlamaCppEngine.prepare is Engine.prepare
 
 
 def test_contexts_reread_changed_files_and_keep_the_last_good_block(reg, tmp_path, caplog):
