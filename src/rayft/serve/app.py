@@ -249,7 +249,8 @@ class Gateway:
         c = self.cfg
         self.router = Router(c.registry, c.models, c.languages, c.default_model, c.alias_refresh_s,
                              c.allow_unpromoted_versions)
-        # context blocks ("message mode"): re-read with the aliases; a request carries its line's
+        # context blocks ("message mode", context.py), re-read as often as the aliases; each chat
+        # request carries its line's block to the replica
         self.contexts = Contexts(c.models, c.context, c.context_file, c.registry, c.alias_refresh_s)
         for line in c.models:
             self.contexts.get(line)
