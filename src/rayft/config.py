@@ -385,7 +385,7 @@ def _one(err: dict, cls: type) -> tuple[str, str, bool]:
     if typ == "location":  # check_location: the message shows the URI without credentials
         return dotted, err.get("msg", typ), True
     if typ == "extra_forbidden":
-        return dotted, f"unknown config key '{dotted}'", False
+        return dotted, f"unknown config key {dotted!r}", False
     if typ == "missing":
         return dotted, f"{dotted} is required", False
     if typ in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
@@ -509,7 +509,7 @@ def check_keys(cls: type, data: Any, origin: Any = None, aliases: dict[str, str]
             hint = _suggest(root, dotted, aliases)
             if not hint:
                 hint = f"; valid keys{' under ' + _prefix[:-1] if _prefix else ''}: {', '.join(fields)}"
-            raise ConfigError(f"{where + ': ' if where else ''}unknown config key '{dotted}'{hint}")
+            raise ConfigError(f"{where + ': ' if where else ''}unknown config key {dotted!r}{hint}")
         tp = _unwrap(fields[k][0])
         if _is_cfg(tp):
             check_keys(tp, v, origin, aliases, f"{dotted}.", root)
@@ -526,7 +526,7 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     for p in parts[:-1]:
         nxt = cur.setdefault(p, {})
         if not isinstance(nxt, dict):
-            raise ConfigError(f"command line: override '{dotted}': '{p}' is set to a value, not a section")
+            raise ConfigError(f"command line: override {dotted!r}: {p!r} is set to a value, not a section")
         cur = nxt
     cur[parts[-1]] = value
 
@@ -603,7 +603,7 @@ def parse_overrides(items: list[str], aliases: dict[str, str] | None = None, cls
                 hint = _suggest(cls, key, aliases)
                 if not hint:
                     raise
-                raise ConfigError(f"command line: unknown config key '{key}'{hint}") from None
+                raise ConfigError(f"command line: unknown config key {key!r}{hint}") from None
             try:
                 value = parse_value(raw, field_type(cls, key))
             except ConfigError as e:
