@@ -51,6 +51,11 @@ def test_asha_sweep_results_best_trial_and_plot(ray_session, tmp_path, capsys):
                       "{kind: asha, grace_period: 2, reduction_factor: 2}")
     rc, out, err = run_cli(capsys, cfg)
     assert rc == 0, err[-3000:]
+    # the console is rayft's (issue 21): a line per ended trial; Tune's status table only with --verbose
+    progress = [ln for ln in err.splitlines() if ln.startswith("[rayft] sweep ") and " trials done" in ln]
+    assert len(progress) >= 4 and progress[-1].startswith("[rayft] sweep 4/4 trials done, 0 running | best val loss"), \
+        progress
+    assert "Trial status" not in err + out and "Current time:" not in err + out
     sweep = tmp_path / "sweeps/asha"
     res = json.loads((sweep / "results.json").read_text())
     rows = {r["param:train.lr"]: r for r in res["trials"]}

@@ -197,10 +197,11 @@ def test_sweep_progress_lines_count_trials_and_best(capsys):
     cb.on_trial_result(2, trials, trials[0], {"val_loss": float("nan")})
     cb.on_step_end(2, trials)  # not yet time for a periodic line
     assert out.getvalue() == ""
+    cb.on_trial_complete(3, trials, trials[0])  # Tune marks it TERMINATED only after this call
     trials[0].status = "TERMINATED"
-    cb.on_trial_complete(3, trials, trials[0])
-    trials[1].status, trials[2].status = "ERROR", "RUNNING"
+    trials[2].status = "RUNNING"
     cb.on_trial_error(4, trials, trials[1])
+    trials[1].status = "ERROR"
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("[rayft] sweep 1/4 trials done, 1 running | best val loss 0.7000 (b) | ")
     assert lines[1].startswith("[rayft] sweep 2/4 trials done, 1 running, 1 errored | best val loss 0.7000 (b)")

@@ -17,6 +17,7 @@ class SweepProgress(tune.Callback):
         self.total, self.file, self.every_s = total, file, every_s
         self.t0 = self.t_line = time.monotonic()
         self.best: tuple[float, str] | None = None
+        self.ended: dict[str, str] = {}  # Tune calls on_trial_complete before it marks the trial TERMINATED
 
     def __setstate__(self, state):  # restored by a resumed sweep: its clock starts now
         self.__dict__.update(state)
@@ -28,9 +29,11 @@ class SweepProgress(tune.Callback):
             self.best = (float(vl), trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended[trial.trial_id] = "TERMINATED"
         self._line(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.ended[trial.trial_id] = "ERROR"
         self._line(trials)
 
     def on_step_end(self, iteration, trials, **info):
@@ -38,7 +41,8 @@ class SweepProgress(tune.Callback):
             self._line(trials)
 
     def _line(self, trials) -> None:
-        st = [t.status for t in trials]
+        st = [t.status if t.status in ("TERMINATED", "ERROR") else self.ended.get(t.trial_id, t.status)
+              for t in trials]
         done = sum(s in ("TERMINATED", "ERROR") for s in st)
         err = st.count("ERROR")
         best = f" | best val loss {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
