@@ -59,12 +59,11 @@ def base_model(cfg: TrainConfig, source: str, tok):
         torch.manual_seed(cfg.run.seed)
         return AutoModelForCausalLM.from_config(hf_config(source, cfg.model.trust_remote_code),
                                                 dtype=torch_dtype(dtype))
-    qc = None
     if cfg.model.quantize in ("int8", "nf4") and not is_tiny(source):
         # pretrained: transformers + bitsandbytes quantize each linear as its weight is read
-        from .lowbit import bnb_config
-        qc = bnb_config(cfg.model.quantize, torch_dtype(cfg.model.dtype))
-    return load_model(source, tok, dtype, cfg.model.trust_remote_code, cfg.run.seed, quantization_config=qc)
+        from .lowbit import load_quantized
+        return load_quantized(source, cfg.model.quantize, torch_dtype(cfg.model.dtype), cfg.model.trust_remote_code)
+    return load_model(source, tok, dtype, cfg.model.trust_remote_code, cfg.run.seed)
 
 
 def build_model(cfg: TrainConfig, source: str, tok):
