@@ -33,7 +33,7 @@ def test_missing_binding_is_a_config_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llama_cpp" else real(n, *a))
     with pytest.raises(ConfigError, match=r"pip install 'rayft\[llamacpp\]'"):
         engine_options(load(ServeConfig, None, ["engine=llamacpp"]))
-    assert engine_options(load(ServeConfig, None, [])) == {"kind": "transformers"}
+    assert engine_options(load(ServeConfig, None, [])) == {"kind": "transformers", "num_gpus": 0.0, "dtype": "auto"}
 
 
 def _tar(path, files: dict[str, bytes]) -> None:

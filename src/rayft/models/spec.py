@@ -77,20 +77,22 @@ def load_tokenizer_for(spec: dict):
     return tok
 
 
-def load_base(spec: dict, tok):
-    """The spec's base model in float32, eval mode (random-init presets rebuilt from the seed)."""
+def load_base(spec: dict, tok, dtype: str = "float32", device: str = "cpu"):
+    """The spec's base model in ``dtype`` on ``device``, eval mode (random-init presets rebuilt from the seed)."""
     from .load import load_model, resolve_source
-    return load_model(resolve_source(spec["base"]), tok, "float32", spec["trust_remote_code"], spec["seed"]).eval()
+    model = load_model(resolve_source(spec["base"]), tok, dtype, spec["trust_remote_code"], spec["seed"]).eval()
+    return model if device == "cpu" else model.to(device)
 
 
-def load_spec(spec: dict):
-    """(model, tokenizer) ready for inference on CPU."""
+def load_spec(spec: dict, dtype: str = "float32", device: str = "cpu"):
+    """(model, tokenizer) ready for inference (CPU float32 unless told otherwise)."""
     from .load import load_model
 
     tok = load_tokenizer_for(spec)
     if spec["full"]:
-        return load_model(spec["full"], tok, "float32").eval(), tok
-    model = load_base(spec, tok)
+        model = load_model(spec["full"], tok, dtype).eval()
+        return (model if device == "cpu" else model.to(device)), tok
+    model = load_base(spec, tok, dtype, device)
     if spec["adapter"]:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, spec["adapter"]).eval()

@@ -94,7 +94,8 @@ def make_engine(base: dict | None, threads: int, max_prompt_tokens: int, queue_t
         from .llamacpp import LlamaCppEngine
         return LlamaCppEngine(base, threads, max_prompt_tokens, queue_timeout_s, engine.get("gguf_type", "f16"),
                               engine.get("n_ctx", 0), engine.get("source", ""))
-    return Engine(base, threads, max_prompt_tokens, queue_timeout_s)
+    return Engine(base, threads, max_prompt_tokens, queue_timeout_s, engine.get("num_gpus", 0.0),
+                  engine.get("dtype", "auto"))
 
 
 def engine_options(cfg: ServeConfig) -> dict:
@@ -106,7 +107,12 @@ def engine_options(cfg: ServeConfig) -> dict:
             raise ConfigError("engine=llamacpp needs llama-cpp-python: pip install 'rayft[llamacpp]' (builds "
                               "llama.cpp from source where no wheel fits), or engine=transformers")
         return {"kind": "llamacpp", "gguf_type": cfg.gguf_type, "n_ctx": cfg.n_ctx, "source": cfg.llamacpp_source}
-    return {"kind": "transformers"}
+    return {"kind": "transformers", "num_gpus": cfg.num_gpus, "dtype": cfg.dtype}
+
+
+def replica_options(cfg: ServeConfig) -> dict:
+    """Ray actor options of a model replica: its CPU share, and its GPU share when num_gpus > 0."""
+    return {"num_cpus": cfg.num_cpus} | ({"num_gpus": cfg.num_gpus} if cfg.num_gpus else {})
 
 
 @serve.deployment
@@ -513,7 +519,7 @@ def build_app(cfg: ServeConfig):
     threads = cfg.torch_threads or max(1, round(cfg.num_cpus))
     engine = engine_options(cfg)
     servers = {k: ModelServer.options(name=f"model_{i}", num_replicas=cfg.replicas,
-                                      ray_actor_options={"num_cpus": cfg.num_cpus},
+                                      ray_actor_options=replica_options(cfg),
                                       max_ongoing_requests=cfg.max_ongoing_requests,
                                       health_check_period_s=2.0, health_check_timeout_s=30.0)
                .bind(spec, cfg.registry, threads, cfg.max_prompt_tokens, cfg.queue_timeout_s, cfg.max_batch_size,

@@ -53,6 +53,11 @@ class ServeConfig(Section):
                                "sdist, downloaded once into the rayft cache)")
     replicas: int = opt(1, "replicas per base-model deployment", ge=1)
     num_cpus: float = opt(1.0, "CPUs per model replica (fractional allowed)", gt=0)
+    num_gpus: float = opt(0.0, "GPUs per model replica (fractional allowed, e.g. 0.5 for two replicas per GPU; "
+                          "0: CPU). With a GPU the replica's model runs on cuda in `dtype`", ge=0)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
+        "auto", "weights and compute dtype of a replica's model (engine=transformers): auto = float32 on CPU, "
+        "bfloat16 on a GPU that supports it, else float16")
     torch_threads: int = opt(0, "torch (engine=llamacpp: llama.cpp) threads per model replica (0: from num_cpus)", ge=0)
     max_ongoing_requests: int = opt(32, "concurrent requests per replica before Serve queues them", ge=1)
     max_batch_size: int = opt(8, "most concurrent requests a model replica generates in one batch (one "
@@ -94,6 +99,9 @@ class ServeConfig(Section):
         if self.max_ongoing_requests < self.max_batch_size:
             raise ConfigError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
                               f"({self.max_batch_size}): a replica never sees more requests at once")
+        if self.engine == "llamacpp" and self.num_gpus:
+            raise ConfigError("num_gpus applies to engine=transformers; engine=llamacpp runs on CPU here "
+                              "(llama-cpp-python built without CUDA)")
         if self.max_tokens_limit < self.max_tokens_default:
             raise ConfigError(f"max_tokens_limit ({self.max_tokens_limit}) must be >= max_tokens_default "
                               f"({self.max_tokens_default})")

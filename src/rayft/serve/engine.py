@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import os
 import re
 import threading
 from pathlib import Path
@@ -112,14 +113,34 @@ class Loaded:
             self.engine._unload.append(self.adapter)
 
 
+def placement(num_gpus: float, dtype: str = "auto", cuda: bool | None = None,
+              bf16: bool | None = None) -> tuple[str, str]:
+    """(device, dtype) of a replica's model: cuda when the replica holds a GPU share, else cpu;
+    ``dtype`` auto = float32 on CPU, bfloat16 on a GPU that supports it, else float16. Raises
+    EngineError when a GPU was asked for but torch sees none (``cuda``/``bf16``: for tests)."""
+    import torch
+
+    if not num_gpus:
+        return "cpu", "float32" if dtype == "auto" else dtype
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if not cuda:
+        raise EngineError(f"num_gpus={num_gpus:g}, but torch sees no CUDA device on this replica's node "
+                          f"(torch {torch.__version__}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+    if dtype == "auto":
+        bf16 = torch.cuda.is_bf16_supported() if bf16 is None else bf16
+        dtype = "bfloat16" if bf16 else "float16"
+    return "cuda", dtype
+
+
 class Engine:
     def __init__(self, base: dict | None, threads: int = 1, max_prompt_tokens: int = 0,
-                 queue_timeout_s: float = 30.0):
+                 queue_timeout_s: float = 30.0, num_gpus: float = 0.0, dtype: str = "auto"):
         import torch
 
         from ..models.spec import load_base, load_tokenizer_for
 
         torch.set_num_threads(max(1, threads))
+        self.device, self.dtype = placement(num_gpus, dtype)
         self.base_spec = base
         self.max_prompt_tokens, self.queue_timeout_s = max_prompt_tokens, queue_timeout_s
         self.gate = ModelGate()
@@ -131,7 +152,7 @@ class Engine:
         self.recent: collections.deque[dict] = collections.deque(maxlen=64)  # last finished requests
         self.peft = None
         self.tok = load_tokenizer_for(base) if base else None
-        self.base = load_base(base, self.tok) if base else None
+        self.base = load_base(base, self.tok, self.dtype, self.device) if base else None
 
     # -- loading -------------------------------------------------------------------------
     def _exclusive(self):
@@ -166,7 +187,7 @@ class Engine:
         spec = manifest_spec(manifest, local, model_id,
                              trust_remote_code=bool(self.base_spec and self.base_spec["trust_remote_code"]))
         if manifest["kind"] == "full":
-            model, tok = load_spec(spec)
+            model, tok = load_spec(spec, self.dtype, self.device)
             return Loaded(self, model_id, manifest, local, None, model, tok)
         if self.base_spec is None or {k: spec[k] for k in ("base", "seed", "trust_remote_code")} != \
                 {k: self.base_spec[k] for k in ("base", "seed", "trust_remote_code")}:
@@ -265,6 +286,8 @@ class Engine:
         # mask hides the padding; position ids follow the mask)
         input_ids = torch.tensor([[pad] * (width - len(j.ids)) + j.ids for j in jobs], dtype=torch.long)
         mask = torch.tensor([[0] * (width - len(j.ids)) + [1] * len(j.ids) for j in jobs], dtype=torch.long)
+        if self.device != "cpu":
+            input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         limits = torch.tensor([j.req["max_tokens"] for j in jobs])
 
         class RowStop(StoppingCriteria):  # per row: its own max_tokens, or cancelled (disconnect, stop string)
