@@ -155,7 +155,10 @@ def load_quantized(source: str, mode: str, compute_dtype=torch.float32, trust_re
 
     files = sorted(set(json.loads(idx.read_text())["weight_map"].values())) if idx.exists() else [single.name]
     config = AutoConfig.from_pretrained(d)
-    handles = [safe_open(str(d / f), framework="pt", device="cpu", backend="pread") for f in files]
+    try:  # safetensors >= 0.8 reads with pread; older versions only map the file (the old peak, still correct)
+        handles = [safe_open(str(d / f), framework="pt", device="cpu", backend="pread") for f in files]
+    except TypeError:
+        handles = [safe_open(str(d / f), framework="pt", device="cpu") for f in files]
     try:
         lazy = {k: h.get_slice(k) for h in handles for k in h.keys()}
         model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].from_pretrained(
