@@ -42,7 +42,7 @@ def _prepare_data(plan: Plan) -> dict:
     bs = next((p.values for p in plan.params if p.key == "train.batch_size"), [plan.base_cfg.train.batch_size])
     variants = [(trial_config(plan.base, v), v) for v in data_variants(plan.params)]
     sources = [check_inputs(cfg) for cfg, _ in variants]  # bad files/model of any variant: before Ray starts
-    _env.ray_start(log_to_driver=True, log_dir=plan.sweep_dir / "logs")  # Ray's chatter: <sweep>/logs/driver.log
+    _env.ray_start(log_to_driver=True)
     for (cfg, _), source in zip(variants, sources):
         p = prepare(cfg, source=source)  # Ray Data read
         need = cfg.scaling.num_workers * max(bs)
@@ -168,6 +168,8 @@ def run_sweep(scfg: SweepConfig) -> str:
     per_trial = trial_resources(plan.base_cfg, scfg.sweep.trial_cpus, scfg.sweep.trial_memory_gb)
     concurrency = max_concurrency(per_trial, ray.cluster_resources(), scfg.sweep.max_concurrent)
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    if not _env.verbose():  # Ray's chatter from here on: <sweep dir>/logs/driver.log (a refused sweep writes nothing)
+        _env.quiet_ray(sweep_dir / "logs")
     atomic_write_json(saved, plan.spec)
     atomic_write_text(sweep_dir / "sweep.yaml", yaml.safe_dump(to_dict(scfg), sort_keys=False, allow_unicode=True))
     _publish(plan, ["sweep.json", "sweep.yaml"])
