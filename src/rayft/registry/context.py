@@ -24,6 +24,11 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
+def info(text: str) -> dict | None:
+    """{"sha256", "chars"} of a block, None for no block."""
+    return {"sha256": digest(text), "chars": len(text)} if text else None
+
+
 def decode(data: bytes, where: str) -> str:
     """A context block from a file's bytes: UTF-8 text, at most MAX_CONTEXT_BYTES, trimmed."""
     if len(data) > MAX_CONTEXT_BYTES:
@@ -49,7 +54,7 @@ def context_info(reg) -> dict | None:
         raise RegistryError(f"{reg.store.path(rel)}: cannot read it ({str(e).splitlines()[0][:200]})") from None
     except ContextError as e:
         raise RegistryError(str(e)) from None
-    return {"sha256": digest(text), "chars": len(text)} if text else None
+    return info(text)
 
 
 def set_context(reg, text: str) -> dict:
@@ -66,4 +71,4 @@ def set_context(reg, text: str) -> dict:
         else:
             reg.store.delete_file(rel)
             reg._event("context", cleared=True)
-    return {"sha256": digest(text), "chars": len(text)} if text else None
+    return info(text)
