@@ -187,6 +187,17 @@ def ttft(url: str, key: str, n: int, concurrency: int, max_tokens: int) -> dict:
             "content_chunks_mean": statistics.fmean(chunks), "errors": len(errors), "failures": errors[:3]}
 
 
+def completion_tokens(url: str, key: str, max_tokens: int) -> int:
+    """How many tokens the benchmark's request generates (greedy: the same every time), so a
+    throughput figure can be read as tokens."""
+    import requests
+
+    r = requests.post(f"{url}/v1/chat/completions", json={"model": "en", "messages": PROMPT, "max_tokens": max_tokens},
+                      headers={"Authorization": f"Bearer {key}"}, timeout=300)
+    r.raise_for_status()
+    return r.json()["usage"]["completion_tokens"]
+
+
 def concurrency_sweep(url: str, key: str, args) -> dict:
     """Throughput and latency at each client count; ``speedup`` is req/s over the 1-client rate,
     ``p99_ratio`` the p99 over the 1-client p99 (issue 20 target: >= 3x at <= 2x with 8)."""
@@ -408,6 +419,57 @@ def redeploy_baseline(url: str, key: str, cfg, clients: int, max_tokens: int) ->
             "failures": load.failed[:5], "redeploy_s": redeploy_s}
 
 
+def topologies(args, uri: str, v1: str, port: int, key: str) -> dict:
+    """Issue 20 item 4: the added latency of each serve topology over the in-process call, side by
+    side. Both apps are deployed at once (topology=single at /single, topology=split at /split,
+    same config otherwise) and the rounds interleave in-process / single / split so machine load
+    hits all three alike; plus the handle hop alone (split's model deployment, no HTTP) and the
+    404 answered by the gateway without a model (HTTP + proxy + gateway)."""
+    from ray import serve
+
+    from rayft.config import load
+    from rayft.serve.app import build_app
+    from rayft.serve.config import ServeConfig
+    from rayft.serve.run import start
+
+    base = InProcess(uri, v1, args.model, args.max_tokens, args.threads, "transformers", args.gguf_type)
+    common = [f"registry={uri}", "models=[en]", f"port={port}", "api_key_env=RAYFT_BENCH_KEY", "num_cpus=1",
+              f"torch_threads={args.threads}", "blocking=false", f"max_batch_size={args.max_batch_size}",
+              f"batch_wait_timeout_s={args.batch_wait_ms / 1000}", "alias_refresh_s=0.5"]
+    urls = {}
+    try:
+        for topo in ("single", "split"):
+            cfg = load(ServeConfig, None, [*common, f"topology={topo}", f"app_name=bench_{topo}",
+                                           f"route_prefix=/{topo}"])
+            if not urls:
+                urls[topo] = start(cfg)
+            else:
+                serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
+                urls[topo] = urls["single"].rsplit("/", 1)[0] + f"/{topo}"
+        for u in urls.values():
+            http_load(u, key, 6, 1, args.max_tokens)  # warm: adapter loaded, connections open
+        base.run(6)
+        acc = {k: ([], 0.0, 0) for k in ("in_process", "single", "split")}
+        per = max(1, args.requests // args.rounds)
+        for _ in range(args.rounds):
+            for k in acc:
+                lat, wall, err = (*base.run(per), 0) if k == "in_process" else \
+                    http_load(urls[k], key, per, 1, args.max_tokens)
+                a = acc[k]
+                acc[k] = (a[0] + lat, a[1] + wall, a[2] + err)
+        out = {k: summary(lat, wall) | {"errors": err} for k, (lat, wall, err) in acc.items()}
+        n = max(10, args.requests // 4)
+        out["split_handle_direct"] = handle_direct("bench_split", v1, n, args.max_tokens)
+        out["gateway_only_404"] = {t: gateway_only(urls[t], key, n) for t in urls}
+        for t in ("single", "split"):
+            out[f"added_ms_p50_{t}"] = out[t]["p50_ms"] - out["in_process"]["p50_ms"]
+            out[f"added_ms_mean_{t}"] = out[t]["mean_ms"] - out["in_process"]["mean_ms"]
+        return out
+    finally:
+        serve.shutdown()
+        del base
+
+
 def suite(engine: str, args, uri: str, v1: str, v2: str, port: int, key: str) -> dict:
     """The whole benchmark for one engine (serve config ``engine``); returns its JSON section."""
     from ray import serve
@@ -437,6 +499,11 @@ def suite(engine: str, args, uri: str, v1: str, v2: str, port: int, key: str) ->
         if args.gen_tokens:
             out["served_tokens"] = served_tokens_per_s(url, key, args.gen_requests, args.gen_tokens)
         if args.engine_only:
+            return out
+        if args.concurrency_only:  # issue 20 item 2: the batching target alone (1 vs 8 clients)
+            out["concurrency"] = concurrency_sweep(url, key, args)
+            out["completion_tokens"] = completion_tokens(url, key, args.max_tokens)
+            print(json.dumps({"concurrency": out["concurrency"]}), file=sys.stderr)
             return out
         out.update(interleaved(base, url, key, args))
         out["gateway_only"] = gateway_only(url, key, args.requests)
@@ -520,6 +587,11 @@ def main() -> None:
     ap.add_argument("--also-unbatched", action="store_true",
                     help="repeat the concurrency runs with max_batch_size=1 (redeploys the app)")
     ap.add_argument("--redeploy-baseline", action="store_true")
+    ap.add_argument("--concurrency-only", action="store_true",
+                    help="only the 1/4/8-client throughput and latency (--levels, --requests, --max-tokens)")
+    ap.add_argument("--topologies", action="store_true",
+                    help="only the added-latency comparison of topology=single vs split vs in-process "
+                         "(issue 20 item 4), --requests per path over --rounds interleaved rounds")
     ap.add_argument("--out", default="", help="also write the JSON here")
     args = ap.parse_args()
     args.levels = [int(x) for x in str(args.levels).split(",") if x.strip()]
@@ -545,15 +617,20 @@ def main() -> None:
     os.environ["RAYFT_BENCH_KEY"] = key
     results = {}
     try:
+        if args.topologies:
+            out["topologies"] = topologies(args, uri, v1, port, key)
+            engines = []
         for engine in engines:
             results[engine] = suite(engine, args, uri, v1, v2, port, key)
     finally:
         ray.shutdown()
-    if engines == ["transformers"]:
+    if args.topologies:
+        pass
+    elif engines == ["transformers"]:
         out.update(results["transformers"])  # the layout earlier RESULTS.md runs have
     else:
         out["results"] = results
-    if args.gen_tokens:
+    if args.gen_tokens and results:
         out["engines"] = compare(results)
         print(json.dumps(out["engines"]), file=sys.stderr)
     out["uptime_after"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()

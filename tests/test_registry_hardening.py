@@ -295,8 +295,11 @@ def test_serve_turns_remote_code_on_only_by_its_own_config(tmp_path, runs):
 
     def base_flags(**over):
         app = build_app(from_dict(ServeConfig, {"registry": str(tmp_path / "reg"), **over}))
-        servers = app._bound_deployment.init_args[1]
-        return [s._bound_deployment.init_args[0]["trust_remote_code"] for s in servers.values()]
+        args = app._bound_deployment.init_args
+        if over.get("topology") == "split":  # model deployments bound as the gateway's handles
+            return [s._bound_deployment.init_args[0]["trust_remote_code"] for s in args[1].values()]
+        return [a[0]["trust_remote_code"] for a in args[3].values()]  # single: built in the gateway
 
-    assert base_flags() == [False]
-    assert base_flags(trust_remote_code=True) == [True]
+    for topology in ("auto", "split"):
+        assert base_flags(topology=topology) == [False]
+        assert base_flags(topology=topology, trust_remote_code=True) == [True]

@@ -62,7 +62,8 @@ def served(ray_session, tmp_path_factory):
     cfg = load(ServeConfig, os.path.join(os.path.dirname(__file__), "..", "configs", "serve.yaml"), [
         f"registry={d / 'reg'}", "models=[en, zh, kx]", "languages={en: en, zh: zh}", f"port={free_port()}",
         "api_key_env=RAYFT_TEST_API_KEY_6", "num_cpus=0.5", "load_retry_s=1.0",
-        "blocking=false", "max_tokens_default=8", "alias_refresh_s=0.2", "app_name=rayft_test6"])
+        "blocking=false", "max_tokens_default=8", "alias_refresh_s=0.2", "app_name=rayft_test6",
+        "topology=split"])  # the replica-kill test needs a model deployment; test_serve_stream runs single
     url = start(cfg)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=120)
     yield {"url": url, "client": client, "en": en, "zh": zh, "v1": v1, "v2": v2, "z1": z1, "bad": bad,

@@ -82,7 +82,7 @@ def served(ray_session, tmp_path_factory):
     cfg = load(ServeConfig, os.path.join(os.path.dirname(__file__), "..", "configs", "serve.yaml"), [
         f"registry={d / 'reg'}", "models=[en]", f"port={free_port()}", "api_key_env=RAYFT_TEST_NO_KEY_20L",
         "num_cpus=1", "blocking=false", "engine=llamacpp", "gguf_type=f16", "alias_refresh_s=0.5",
-        "max_tokens_default=16", f"app_name={APP}"])
+        "max_tokens_default=16", f"app_name={APP}", "topology=split"])
     os.environ.pop("RAYFT_TEST_NO_KEY_20L", None)
     t0 = time.monotonic()
     url = start(cfg)

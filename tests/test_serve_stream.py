@@ -50,12 +50,13 @@ def served(ray_session, tmp_path_factory):
         f"registry={d / 'reg'}", "models=[en]", f"port={free_port()}", "api_key_env=RAYFT_TEST_NO_KEY_20",
         "num_cpus=0.5", "blocking=false", "max_tokens_default=16", "max_tokens_limit=512",
         "max_batch_size=8", "batch_wait_timeout_s=0.05", f"app_name={APP}"])
+    assert cfg.topology == "auto"  # one base model: gateway and model in one deployment (topology=single)
     os.environ.pop("RAYFT_TEST_NO_KEY_20", None)
     url = start(cfg)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
     client.chat.completions.create(model="en", messages=CHAT, max_tokens=2)  # loaded
     yield {"url": url, "client": client, "v1": v1, "v2": v2,
-           "handle": serve.get_deployment_handle("model_0", app_name=APP)}
+           "handle": serve.get_deployment_handle("Gateway", app_name=APP)}
     serve.shutdown()
 
 
@@ -169,3 +170,26 @@ def test_concurrent_requests_are_batched_and_answer_like_alone(served):
     after = _stats(served)["stats"]
     assert after["max_batch"] >= 2  # requests shared a forward pass
     assert after["batches"] - before.get("batches", 0) < after["requests"] - before.get("requests", 0)
+
+
+def test_single_topology_serves_from_one_deployment(served):
+    """topology=auto with one base model: no separate model deployment, so a request takes one
+    Serve hop (proxy -> gateway replica, which holds the model)."""
+    from ray import serve
+
+    deps = serve.status().applications[APP].deployments
+    assert set(deps) == {"Gateway"}, deps
+    assert _stats(served)["stats"]["requests"] >= 1
+
+
+def test_topology_choice():
+    from rayft.config import ConfigError
+    from rayft.serve.app import topology_of
+    from rayft.serve.config import ServeConfig
+
+    one, two = {"a": None}, {"a": None, "b": None}
+    assert topology_of(ServeConfig(), one) == "single"
+    assert topology_of(ServeConfig(), two) == "split"
+    assert topology_of(ServeConfig(topology="split"), one) == "split"
+    with pytest.raises(ConfigError, match="topology=single hosts one base model.*topology=split"):
+        topology_of(ServeConfig(topology="single"), two)

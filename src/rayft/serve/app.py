@@ -173,8 +173,8 @@ class ModelServer:
             return _err(400, str(e), code="context_length_exceeded" if "too long" in str(e) else None)
         raise e
 
-    async def generate(self, req: dict) -> dict:
-        mid = serve.get_multiplexed_model_id()
+    async def generate(self, req: dict, mid: str = "") -> dict:
+        mid = mid or serve.get_multiplexed_model_id()
         try:
             h = await self.get_model(mid)
             kind, out = await self._batch(self.engine.prepare(h, req))
@@ -184,12 +184,12 @@ class ModelServer:
         except (IntegrityError, RegistryError, EngineBusy, EngineError) as e:
             return self._error(mid, e)
 
-    async def generate_stream(self, req: dict):
+    async def generate_stream(self, req: dict, mid: str = ""):
         """Streaming (call with ``handle.options(stream=True)``): yields {"text": piece} as
         tokens are generated, then {"end": result}; or one {"error": ...}. When the caller
         goes away (client disconnect: Serve cancels this generator), the request's generation
         stops at the next token; the rest of its batch goes on."""
-        mid = serve.get_multiplexed_model_id()
+        mid = mid or serve.get_multiplexed_model_id()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
@@ -222,8 +222,8 @@ class ModelServer:
         finally:
             cancel.set()  # a no-op when the row is done; else stops it at the next token
 
-    async def warm(self) -> dict:
-        mid = serve.get_multiplexed_model_id()
+    async def warm(self, mid: str = "") -> dict:
+        mid = mid or serve.get_multiplexed_model_id()
         try:
             await self.get_model(mid)
             return {"loaded": mid}
@@ -245,12 +245,69 @@ class ModelServer:
         return os.getpid()
 
 
+class _Call:
+    """``handle.method.remote(...)`` for a method of an in-process ModelServer (LocalServer)."""
+
+    def __init__(self, fn, mid: str):
+        self.fn, self.mid = fn, mid
+
+    def remote(self, *args):
+        return self.fn(*args, mid=self.mid) if self.mid else self.fn(*args)
+
+
+class _LocalStream:
+    """What ``handle.options(stream=True).generate_stream.remote()`` returns, for an in-process
+    ModelServer: ``__anext__`` and ``cancel()`` (closes the generator: its ``finally`` stops the
+    generation at the next token)."""
+
+    def __init__(self, agen):
+        self.agen = agen
+
+    def __aiter__(self):
+        return self
+
+    def __anext__(self):
+        return self.agen.__anext__()
+
+    def cancel(self) -> None:
+        async def close():
+            try:
+                await self.agen.aclose()
+            except (RuntimeError, StopAsyncIteration):  # still running: its own cancellation closes it
+                pass
+        asyncio.get_running_loop().create_task(close())
+
+
+class LocalServer:
+    """The ``topology=single`` stand-in for a ModelServer DeploymentHandle: the same ModelServer
+    code (multiplexed LRU, ``@serve.batch``, streaming) run inside the gateway's own replica, so a
+    request costs one Serve hop (proxy -> gateway) instead of two (... -> handle -> model replica)."""
+
+    def __init__(self, server, mid: str = "", stream: bool = False):
+        self.server, self.mid, self.stream = server, mid, stream
+
+    def options(self, multiplexed_model_id: str = "", stream: bool = False, **_):
+        return LocalServer(self.server, multiplexed_model_id, stream)
+
+    def __getattr__(self, name: str):
+        if name == "generate_stream":
+            s = self.server
+            return _Call(lambda req, mid="": _LocalStream(s.generate_stream(req, mid)), self.mid)
+        if name == "ping":
+            async def ping():
+                return self.server.ping()
+            return _Call(ping, "")
+        return _Call(getattr(self.server, name), self.mid)
+
+
 @serve.deployment
 @serve.ingress(api)
 class Gateway:
-    def __init__(self, cfg: dict, servers: dict, key_sha256: str):
+    def __init__(self, cfg: dict, servers: dict, key_sha256: str, local: dict | None = None):
         self.cfg = from_dict(ServeConfig, cfg)
-        self.servers = servers  # base_key -> DeploymentHandle
+        if local is not None:  # topology=single: {base_key: ModelServer init args}, built in this replica
+            servers = {k: LocalServer(ModelServer.func_or_class(*args)) for k, args in local.items()}
+        self.servers = servers  # base_key -> DeploymentHandle (or LocalServer)
         self.key_sha = key_sha256
         c = self.cfg
         self.router = Router(c.registry, c.models, c.languages, c.default_model, c.alias_refresh_s,
@@ -266,6 +323,14 @@ class Gateway:
         # line -> {"version", "attempts", "retry_at"}: a champion that failed to load is
         # retried with exponential backoff (load_retry_s, doubling, at most MAX_LOAD_RETRY_S)
         self.failed: dict[str, dict] = {}
+
+    def stats(self) -> dict:
+        """topology=single: the in-process model's engine counters (ModelServer.stats), for tests and
+        benchmarks; with topology=split ask the model deployment."""
+        (server,) = self.servers.values()
+        if not isinstance(server, LocalServer):
+            raise RuntimeError("topology=split: call stats() on the model deployment (model_<i>)")
+        return server.server.stats()
 
     # -- helpers -------------------------------------------------------------------------
     def _authed(self, request: Request) -> bool:
@@ -518,6 +583,16 @@ def build_app(cfg: ServeConfig):
         raise ConfigError(str(e)) from None
     threads = cfg.torch_threads or max(1, round(cfg.num_cpus))
     engine = engine_options(cfg)
+    key = cfg.resolved_key()
+    public = to_dict(cfg) | {"api_key": ""}  # only the key's hash goes into the deployment
+    key_sha = hashlib.sha256(key.encode()).hexdigest() if key else ""
+    if topology_of(cfg, bases) == "single":  # gateway + model in one replica: one hop per request
+        args = {k: (spec, cfg.registry, threads, cfg.max_prompt_tokens, cfg.queue_timeout_s, cfg.max_batch_size,
+                    cfg.batch_wait_timeout_s, engine) for k, spec in bases.items()}
+        return Gateway.options(num_replicas=cfg.replicas, ray_actor_options=replica_options(cfg),
+                               max_ongoing_requests=4 * cfg.max_ongoing_requests,
+                               health_check_period_s=2.0, health_check_timeout_s=30.0) \
+            .bind(public, {}, key_sha, args)
     servers = {k: ModelServer.options(name=f"model_{i}", num_replicas=cfg.replicas,
                                       ray_actor_options=replica_options(cfg),
                                       max_ongoing_requests=cfg.max_ongoing_requests,
@@ -525,7 +600,15 @@ def build_app(cfg: ServeConfig):
                .bind(spec, cfg.registry, threads, cfg.max_prompt_tokens, cfg.queue_timeout_s, cfg.max_batch_size,
                      cfg.batch_wait_timeout_s, engine)
                for i, (k, spec) in enumerate(bases.items())}
-    key = cfg.resolved_key()
-    public = to_dict(cfg) | {"api_key": ""}  # only the key's hash goes into the deployment
     return Gateway.options(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=4 * cfg.max_ongoing_requests) \
-        .bind(public, servers, hashlib.sha256(key.encode()).hexdigest() if key else "")
+        .bind(public, servers, key_sha)
+
+
+def topology_of(cfg: ServeConfig, bases: dict) -> str:
+    """``single`` or ``split`` for this config and the base models its lines need (see ServeConfig)."""
+    if cfg.topology == "single" and len(bases) > 1:
+        raise ConfigError(f"topology=single hosts one base model, but the lines {cfg.models} use {len(bases)} "
+                          "different ones: use topology=split (or auto)")
+    if cfg.topology == "auto":
+        return "single" if len(bases) == 1 else "split"
+    return cfg.topology

@@ -51,6 +51,12 @@ class ServeConfig(Section):
     llamacpp_source: str = opt("", "engine=llamacpp: a llama.cpp source tree (or unpacked llama-cpp-python sdist) "
                                "holding convert_hf_to_gguf.py and gguf-py/ ('': the installed llama-cpp-python's "
                                "sdist, downloaded once into the rayft cache)")
+    topology: Literal["auto", "single", "split"] = opt(
+        "auto", "single: the gateway and the model run in one deployment (one Serve hop per request, the "
+        "lowest added latency; each replica holds the gateway and the model); split: a 0-CPU gateway "
+        "deployment in front of one model deployment per base model (a model replica that dies mid-request "
+        "is retried by the gateway; the only choice for lines on different base models); auto: single "
+        "when every served line uses one base model, else split")
     replicas: int = opt(1, "replicas per base-model deployment", ge=1)
     num_cpus: float = opt(1.0, "CPUs per model replica (fractional allowed)", gt=0)
     num_gpus: float = opt(0.0, "GPUs per model replica (fractional allowed, e.g. 0.5 for two replicas per GPU; "
