@@ -57,21 +57,42 @@ def plan_file(path: str, fmt: str = "auto", chunk_bytes: int = 4 << 20, golden: 
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
-            data = f.read() if size > chunk_bytes or fmt == "auto" else b""
+            if fmt == "auto":
+                head = [f.readline().rstrip(b"\n") for _ in range(2000)]
+                base["fmt"] = _first_format(head, columns) or "auto"
+            if size <= chunk_bytes:
+                return [dict(base, end=size)]
+            # streamed: the driver holds one buffer, not the file (a 1 GB file plans in ~1 MB)
+            tasks, start, line = [], 0, 1
+            while start < size:
+                end = _next_newline(f, min(start + chunk_bytes, size) - 1)
+                end = size if end < 0 else end + 1
+                tasks.append(dict(base, start=start, end=end, first_line=line))
+                line += _count_newlines(f, start, end)
+                start = end
     except OSError:
         return [base]  # read_task reports it
-    if fmt == "auto":
-        base["fmt"] = _first_format(data.split(b"\n", 2000)[:2000], columns) or "auto"
-    if size <= chunk_bytes:
-        return [dict(base, end=size)]
-    tasks, start, line = [], 0, 1
-    while start < size:
-        end = data.find(b"\n", min(start + chunk_bytes, size) - 1)
-        end = size if end < 0 else end + 1
-        tasks.append(dict(base, start=start, end=end, first_line=line))
-        line += data.count(b"\n", start, end)
-        start = end
     return tasks
+
+
+def _next_newline(f, pos: int) -> int:
+    """Offset of the first b"\\n" at or after ``pos`` (-1: none)."""
+    f.seek(pos)
+    while buf := f.read(1 << 16):
+        j = buf.find(b"\n")
+        if j >= 0:
+            return pos + j
+        pos += len(buf)
+    return -1
+
+
+def _count_newlines(f, start: int, end: int) -> int:
+    f.seek(start)
+    n, left = 0, end - start
+    while left > 0 and (buf := f.read(min(1 << 20, left))):
+        n += buf.count(b"\n")
+        left -= len(buf)
+    return n
 
 
 def _iter_task(task: dict):

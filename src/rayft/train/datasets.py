@@ -6,6 +6,16 @@ row, unknown model: one clear message). ``prepare`` reads with Ray Data (bad row
 rejects), keeps ``data.language`` rows of the training and the validation data, and splits
 by content hash. ``tokenized_datasets`` tokenizes with Ray Data and cuts one piece per
 worker; ``PreSplit`` hands worker i its piece. `rayft sweep` calls the same three.
+
+With ``data.path`` (the default reader), the rows never come to the driver: the read
+tasks (``ray_read.read_ds``) apply ``data.language`` and the content-hash split as
+per-row columns and number each row within its task; the driver adds up per-task counts
+into offsets (row_idx = offset of the task + rank in the task), works out the few rows
+``data.min_val_rows`` moves into validation from per-block candidates, and keeps only
+the dataset refs, the counts and the rejects. Worker i's piece is the rows with row_idx
+in its own range, so it is the same rows every run whatever order Ray ran the tasks in.
+``data.sources`` mixtures (sampled on the driver, mixture.py) and an explicit in-process
+``read`` still build the split tables on the driver.
 """
 from __future__ import annotations
 
@@ -16,19 +26,89 @@ from pathlib import Path
 from ..config import ConfigError
 from ..data.formats import DataError, ReadResult, check_pairs
 from ..data.mixture import check_mixture, read_mixture
-from ..data.ray_read import read_pairs_ray
-from ..data.records import content_hash, ensure_min_val, rows_to_table, split_of
+from ..data.ray_read import KEPT, read_ds, read_pairs_ray
+from ..data.records import PAIR_COLUMNS, content_hash, ensure_min_val, rows_to_table, split_of
 from .config import TrainConfig
+
+
+@dataclass
+class Split:
+    """One side (train or val) of the split, still in Ray's object store: ``ds`` (a
+    materialized Dataset) and the ``number_rows`` keyword arguments that select and number
+    its rows. ``rows``: how many."""
+    ds: object
+    kwargs: dict
+    rows: int
+
+    def numbered(self, lo: int = 0, hi: int | None = None):
+        """The rows with row_idx in [lo, hi) as a lazy Ray Dataset (PAIRS_SCHEMA + row_idx)."""
+        kw = dict(self.kwargs, lo=lo, hi=self.rows if hi is None else hi)
+        return self.ds.map_batches(number_rows, fn_kwargs=kw, batch_format="pyarrow", batch_size=None)
+
+    def to_table(self):
+        """Every row on the driver, in row_idx order (tests and benchmarks only)."""
+        import pyarrow as pa
+
+        parts = [b for b in self.numbered().iter_batches(batch_size=None, batch_format="pyarrow") if b.num_rows]
+        t = pa.concat_tables(parts) if parts else _table([])
+        return t.sort_by("row_idx")
 
 
 @dataclass
 class Prepared:
     run_dir: Path
     source: str
-    train_table: object
+    train_table: object  # Arrow tables on the driver (mixtures, in-process read), else None
     val_table: object
-    read: ReadResult
+    read: ReadResult  # rows empty on the Ray Data path: only rejects, files and sources
     stats: dict
+    train_split: Split | None = None  # the Ray Data path: rows stay in the object store
+    val_split: Split | None = None
+
+    def split(self, name: str) -> Split | None:
+        """The train or val side as a Split, whichever path made it."""
+        s = self.train_split if name == "train" else self.val_split
+        if s is not None:
+            return s
+        table = self.train_table if name == "train" else self.val_table
+        if table is None or table.num_rows == 0:
+            return None
+        import ray.data
+
+        blocks = max(1, min(8, table.num_rows // 512 + 1))
+        return Split(ray.data.from_arrow(table).repartition(blocks).materialize(), {"mode": "table"}, table.num_rows)
+
+
+def number_rows(batch, mode: str, lo: int, hi: int, offsets=(), moved=(), n_val0: int = 0):
+    """Ray Data map_batches: the rows of one split side with their row_idx in [lo, hi).
+
+    ``mode`` "table": the rows carry row_idx already. "train"/"val": WORK_SCHEMA rows of
+    ``ray_read.read_ds``: row_idx = ``offsets[_task]`` + ``_rank`` (the kept rows of that side
+    in earlier tasks, then in this one); ``moved`` (sorted ``_ord``s) are training rows
+    ``data.min_val_rows`` moved to validation: they leave the train numbering and follow
+    the val rows (``n_val0`` of them) in read order, as ``records.ensure_min_val`` orders them."""
+    import numpy as np
+    import pyarrow as pa
+
+    if mode == "table":
+        idx = batch["row_idx"].to_numpy()
+        return batch.filter(pa.array((idx >= lo) & (idx < hi)))
+    kept = batch["_kind"].to_numpy() == KEPT
+    val = batch["_val"].to_numpy(zero_copy_only=False)
+    task, rank, order = batch["_task"].to_numpy(), batch["_rank"].to_numpy(), batch["_ord"].to_numpy()
+    moved = np.asarray(moved, np.int64)
+    before = np.searchsorted(moved, order)  # moved rows read before this one
+    is_moved = np.zeros(len(order), bool) if not len(moved) else moved[np.minimum(before, len(moved) - 1)] == order
+    base = np.asarray(offsets, np.int64)[task] + rank if len(offsets) else np.zeros(len(order), np.int64)
+    if mode == "train":
+        keep = kept & ~val & ~is_moved
+        idx = base - before
+    else:
+        keep = kept & (val | is_moved)
+        idx = np.where(is_moved, n_val0 + before, base)
+    keep &= (idx >= lo) & (idx < hi)
+    out = batch.filter(pa.array(keep)).select(PAIR_COLUMNS)
+    return out.append_column("row_idx", pa.array(idx[keep], pa.int64()))
 
 
 def run_dir_of(cfg: TrainConfig) -> Path:
@@ -78,11 +158,15 @@ def keep_language(res: ReadResult, language: str, path: str) -> int:
 def prepare(cfg: TrainConfig, read=None, source: str | None = None) -> Prepared:
     """Check, read, validate and split the data; resolve the model.
 
-    ``read`` defaults to ``read_pairs_ray`` (Ray Data tasks; needs a running Ray);
-    ``formats.read_pairs`` reads in this process (the plain-loop benchmark's baseline).
-    ``data.language`` applies to ``data.path`` and ``data.val_path`` alike.
+    Without ``read``: Ray Data (needs a running Ray); with ``data.path`` the rows stay in the
+    object store (``prepare_ray``), ``data.sources`` mixtures are sampled on the driver
+    (``read_pairs_ray``). ``read=formats.read_pairs`` reads in this process (the plain-loop
+    benchmark's baseline, tests without Ray). ``data.language`` applies to ``data.path``
+    and ``data.val_path`` alike.
     """
     source = source or check_inputs(cfg)
+    if read is None and not cfg.data.sources:
+        return prepare_ray(cfg, source)
     read = read or read_pairs_ray
     if cfg.data.sources:  # weighted mixture, each source read like data.path
         res = read_mixture(cfg.data.sources, cfg.run.seed, read)
@@ -118,6 +202,98 @@ def prepare(cfg: TrainConfig, read=None, source: str | None = None) -> Prepared:
     return Prepared(run_dir_of(cfg), source, _table(train_rows), _table(val_rows), res, stats)
 
 
+def _min_val_moves(r, cfg: TrainConfig, salt: str) -> tuple[list[int], list[str]]:
+    """``records.ensure_min_val`` from counts: the ``_ord`` of every training row it moves
+    (per language, the ``want`` rows with the smallest split_u, read order breaking ties:
+    per-block candidates, at most min_val_rows per language and block) and its warnings."""
+    import pyarrow as pa
+
+    langs = r.per_language()
+    moves, want, n_moved = [], {}, dict.fromkeys(langs, 0)
+    if cfg.data.min_val_rows > 0:
+        for lang, (n_train, have) in langs.items():
+            w = min(cfg.data.min_val_rows, (n_train + have) // 2) - have
+            if w > 0:
+                want[lang] = w
+    if want:
+        parts = [b for b in r.ds.map_batches(_candidates, fn_kwargs={"langs": sorted(want), "k": max(want.values())},
+                                             batch_format="pyarrow", batch_size=None)
+                 .iter_batches(batch_size=None, batch_format="pyarrow") if b.num_rows]
+        cand = pa.concat_tables(parts).sort_by([("_u", "ascending"), ("_ord", "ascending")]).to_pylist()
+        for lang, w in want.items():
+            took = [c["_ord"] for c in cand if c["lang"] == lang][:w]
+            moves += took
+            n_moved[lang] = len(took)
+    notes = []
+    for lang in sorted(langs):
+        n_train, n_val = langs[lang][0] - n_moved[lang], langs[lang][1] + n_moved[lang]
+        if n_val < 10:
+            notes.append(f"language {lang!r}: {n_val} validation rows of {n_val + n_train} (under 10: its validation "
+                         "loss says little; set data.min_val_rows or give data.val_path)")
+    return sorted(moves), notes
+
+
+def _candidates(batch, langs: list[str], k: int):
+    """Ray Data map_batches: per language of ``langs``, this block's ``k`` training rows
+    nearest the validation side of the split (smallest split_u, then read order)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lang = pc.if_else(pc.equal(batch["language"], ""), "und", batch["language"])
+    m = pc.and_(pc.and_(pc.equal(batch["_kind"], KEPT), pc.invert(batch["_val"])), pc.is_in(lang, pa.array(langs)))
+    t = pa.table({"lang": lang, "_u": batch["_u"], "_ord": batch["_ord"]}).filter(m)
+    out = [t.filter(pc.equal(t["lang"], g)).sort_by([("_u", "ascending"), ("_ord", "ascending")]).slice(0, k)
+           for g in langs]
+    return pa.concat_tables(out)
+
+
+def prepare_ray(cfg: TrainConfig, source: str) -> Prepared:
+    """``prepare`` for ``data.path`` with the rows kept in Ray's object store (see the module doc):
+    the driver holds the datasets, per-task counts, the rejects and the few moved rows' ids."""
+    import numpy as np
+
+    lang, salt, path = cfg.data.language, str(cfg.run.seed), cfg.data.path
+    hashed = not cfg.data.val_path
+    tr = read_ds(path, cfg.data.format, language=lang, split="hash" if hashed else "train",
+                 val_fraction=cfg.data.val_fraction if hashed else 0.0, salt=salt)
+    if lang and tr.count(KEPT) == 0:
+        raise DataError(f"data.language={lang!r}: no rows of that language in {path}")
+    va = None
+    if cfg.data.val_path:
+        va = read_ds(cfg.data.val_path, cfg.data.format, language=lang, split="val")
+        if lang and va.count(KEPT) == 0:
+            raise DataError(f"data.language={lang!r}: no rows of that language in {cfg.data.val_path}")
+    moved: list[int] = []
+    if hashed and cfg.data.val_fraction > 0:  # a small language must not get 0-1 validation rows silently
+        moved, notes = _min_val_moves(tr, cfg, salt)
+        for note in notes:
+            print(f"[rayft] warning: {note}", file=sys.stderr)
+
+    def offsets(per_task):
+        return np.concatenate([[0], np.cumsum(per_task)[:-1]]).astype(np.int64).tolist()
+
+    n_train = tr.count(KEPT, val=False) - len(moved)
+    train = Split(tr.ds, {"mode": "train", "offsets": offsets(tr.per_task(False)), "moved": moved}, n_train)
+    if va is not None:
+        val = Split(va.ds, {"mode": "val", "offsets": offsets(va.per_task(True))}, va.count(KEPT, val=True))
+    else:
+        n_val0 = tr.count(KEPT, val=True)
+        val = Split(tr.ds, {"mode": "val", "offsets": offsets(tr.per_task(True)), "moved": moved, "n_val0": n_val0},
+                    n_val0 + len(moved))
+    need = cfg.scaling.num_workers * cfg.train.batch_size
+    if train.rows < need:
+        raise DataError(f"{train.rows} training rows after the split; need at least "
+                        f"scaling.num_workers x train.batch_size = {need}")
+    res = ReadResult()
+    res.files = tr.files()
+    res.rejects = tr.rejects() + (va.rejects() if va is not None else [])
+    other_language = tr.count(2) + (va.count(2) if va is not None else 0)
+    rows_read = int(tr.counts["n"].to_numpy().sum()) + (int(va.counts["n"].to_numpy().sum()) if va else 0)
+    stats = {"rows_read": rows_read, "rows_rejected": len(res.rejects), "rows_other_language": other_language,
+             "train_rows": train.rows, "val_rows": val.rows, "files": res.files, "sources": []}
+    return Prepared(run_dir_of(cfg), source, None, None, res, stats, train, val)
+
+
 def _table(rows: list[dict]):
     import pyarrow as pa
 
@@ -133,7 +309,9 @@ def tokenized_datasets(p: Prepared, cfg: TrainConfig) -> tuple[dict, dict]:
     rows, so a resumed run sees the same data per worker (Ray's default streaming_split
     hands blocks to whichever worker asks first); and the tokenize tasks run while the
     CPUs are still free (once the workers hold every CPU, Ray Data tasks would starve).
-    Train splits are equal-sized: at most num_workers - 1 rows unused, reported.
+    Worker i's piece is the rows with row_idx in its own range (train: equal ranges, at
+    most num_workers - 1 rows unused, reported; val: ranges differing by at most one
+    row), selected and tokenized in Ray Data tasks: the rows never pass through the driver.
     """
     import ray.data
 
@@ -144,14 +322,19 @@ def tokenized_datasets(p: Prepared, cfg: TrainConfig) -> tuple[dict, dict]:
               trust_remote_code=cfg.model.trust_remote_code, train_on=cfg.data.train_on)
     n = cfg.scaling.num_workers
     full, parts = {}, {}
-    for name, table in (("train", p.train_table), ("val", p.val_table)):
-        if table.num_rows == 0:
+    for name in ("train", "val"):
+        split = p.split(name)
+        if split is None or split.rows == 0:
             continue
-        blocks = max(1, min(2 * n, table.num_rows // 512 + 1))
-        ds = ray.data.from_arrow(table).repartition(blocks).map_batches(
-            tokenize_batch, fn_kwargs=kw, batch_format="pyarrow", batch_size=512).materialize()
-        full[name] = ds
-        parts[name] = ds.split(n, equal=(name == "train"))
+        if name == "train":
+            m = split.rows // n
+            ranges = [(i * m, (i + 1) * m) for i in range(n)]
+        else:
+            ranges = [(i * split.rows // n, (i + 1) * split.rows // n) for i in range(n)]
+        pieces = [split.numbered(lo, hi).map_batches(tokenize_batch, fn_kwargs=kw, batch_format="pyarrow",
+                                                     batch_size=512).materialize() for lo, hi in ranges]
+        full[name] = pieces[0].union(*pieces[1:]) if n > 1 else pieces[0]
+        parts[name] = pieces
     return full, parts
 
 
