@@ -419,6 +419,39 @@ def redeploy_baseline(url: str, key: str, cfg, clients: int, max_tokens: int) ->
             "failures": load.failed[:5], "redeploy_s": redeploy_s}
 
 
+def serve_floor():
+    """Deploys Ray Serve's floor at /floor: an empty FastAPI route on a 0-CPU ingress replica (HTTP +
+    proxy + one hop, no rayft code). Returns a function timing n sequential POSTs to it."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    app = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    @serve.ingress(app)
+    class Empty:
+        @app.post("/")
+        async def empty(self):
+            return {}
+
+    serve.run(Empty.bind(), name="bench_floor", route_prefix="/floor")
+
+    def measure(url: str, n: int) -> dict:
+        import requests
+        s = requests.Session()
+        for _ in range(10):
+            s.post(url + "/")
+        lat = []
+        t0 = time.perf_counter()
+        for _ in range(n):
+            t = time.perf_counter()
+            assert s.post(url + "/", timeout=60).status_code == 200
+            lat.append(time.perf_counter() - t)
+        return summary(lat, time.perf_counter() - t0)
+
+    return measure
+
+
 def topologies(args, uri: str, v1: str, port: int, key: str) -> dict:
     """Issue 20 item 4: the added latency of each serve topology over the in-process call, side by
     side. Both apps are deployed at once (topology=single at /single, topology=split at /split,
@@ -438,7 +471,9 @@ def topologies(args, uri: str, v1: str, port: int, key: str) -> dict:
               f"batch_wait_timeout_s={args.batch_wait_ms / 1000}", "alias_refresh_s=0.5"]
     urls = {}
     try:
-        for topo in ("single", "split"):
+        # Ray Serve's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED=1: direct ingress,
+        # i.e. the ingress replica answers HTTP itself) allows one ingress app on the port: single only
+        for topo in ("single",) if args.throughput_optimized else ("single", "split"):
             cfg = load(ServeConfig, None, [*common, f"topology={topo}", f"app_name=bench_{topo}",
                                            f"route_prefix=/{topo}"])
             if not urls:
@@ -446,10 +481,11 @@ def topologies(args, uri: str, v1: str, port: int, key: str) -> dict:
             else:
                 serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
                 urls[topo] = urls["single"].rsplit("/", 1)[0] + f"/{topo}"
+        floor = None if args.throughput_optimized else serve_floor()
         for u in urls.values():
             http_load(u, key, 6, 1, args.max_tokens)  # warm: adapter loaded, connections open
         base.run(6)
-        acc = {k: ([], 0.0, 0) for k in ("in_process", "single", "split")}
+        acc = {k: ([], 0.0, 0) for k in ("in_process", *urls)}
         per = max(1, args.requests // args.rounds)
         for _ in range(args.rounds):
             for k in acc:
@@ -459,9 +495,12 @@ def topologies(args, uri: str, v1: str, port: int, key: str) -> dict:
                 acc[k] = (a[0] + lat, a[1] + wall, a[2] + err)
         out = {k: summary(lat, wall) | {"errors": err} for k, (lat, wall, err) in acc.items()}
         n = max(10, args.requests // 4)
-        out["split_handle_direct"] = handle_direct("bench_split", v1, n, args.max_tokens)
+        if "split" in urls:
+            out["split_handle_direct"] = handle_direct("bench_split", v1, n, args.max_tokens)
         out["gateway_only_404"] = {t: gateway_only(urls[t], key, n) for t in urls}
-        for t in ("single", "split"):
+        if floor:
+            out["serve_floor_empty_route"] = floor(urls["single"].rsplit("/", 1)[0] + "/floor", n)
+        for t in urls:
             out[f"added_ms_p50_{t}"] = out[t]["p50_ms"] - out["in_process"]["p50_ms"]
             out[f"added_ms_mean_{t}"] = out[t]["mean_ms"] - out["in_process"]["mean_ms"]
         return out
@@ -589,6 +628,8 @@ def main() -> None:
     ap.add_argument("--redeploy-baseline", action="store_true")
     ap.add_argument("--concurrency-only", action="store_true",
                     help="only the 1/4/8-client throughput and latency (--levels, --requests, --max-tokens)")
+    ap.add_argument("--throughput-optimized", action="store_true",
+                    help="start Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Serve's direct ingress etc.)")
     ap.add_argument("--topologies", action="store_true",
                     help="only the added-latency comparison of topology=single vs split vs in-process "
                          "(issue 20 item 4), --requests per path over --rounds interleaved rounds")
@@ -609,6 +650,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="rayft-serve-bench-"))
     uri, v1, v2 = build_registry(tmp, args.model)
 
+    if args.throughput_optimized:  # read by the Serve controller/proxy/replicas: set before Ray starts
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
