@@ -111,3 +111,24 @@ def test_too_few_rows_after_the_split(ray_session, data, tmp_path):
     from rayft.data.formats import DataError
     with pytest.raises(DataError, match="training rows after the split; need at least"):
         prepare(_cfg(tmp_path, f"data.path={d}", "train.batch_size=5000"), source="tiny-qwen2")
+
+
+def test_json_array_checked_from_its_head_and_a_broken_one_still_refused(ray_session, tmp_path):
+    """formats.check_file decodes a JSON array's first MiB only (a big file is not parsed whole on
+    the driver); a file whose head is fine but whose whole is not JSON reads as JSON Lines, every
+    line rejected, and read_ds raises the same "no valid rows" error the whole-file check gave."""
+    from rayft.data.formats import DataError, check_pairs
+    from rayft.data.ray_read import read_ds
+
+    recs = [{"instruction": f"Translate {i}", "output": f"译 {i} " + "x" * 200} for i in range(8000)]
+    good = tmp_path / "good.json"
+    good.write_text("[" + ",\n".join(json.dumps(r) for r in recs) + "]")
+    assert good.stat().st_size > 1 << 20 and check_pairs(str(good)) == {str(good): "alpaca"}
+    assert read_ds(str(good)).files()[str(good)] == read_pairs(str(good)).files[str(good)]
+    bad = tmp_path / "bad.json"
+    bad.write_text("[" + ",\n".join(json.dumps(r) for r in recs) + ",\n{broken")
+    assert check_pairs(str(bad)) == {str(bad): "alpaca"}
+    with pytest.raises(DataError, match=r"bad.json: no valid rows; first problem at line 1: malformed JSON"):
+        read_ds(str(bad))
+    with pytest.raises(DataError, match=r"bad.json: no valid rows; first problem at line 1: malformed JSON"):
+        read_pairs(str(bad))

@@ -32,6 +32,7 @@ Pure code: no Ray imports. Bad rows become rejects with file, line and reason.
 from __future__ import annotations
 
 import glob as _glob
+import itertools
 import json
 import math
 import os
@@ -169,8 +170,11 @@ def iter_raw_records(path: str) -> Iterator[tuple[int, Any, str | None]]:
         except Exception as e:  # corrupt file: one file-level reject
             yield 0, None, f"unreadable {'Parquet' if path.endswith('.parquet') else 'Arrow'} file: {e}"
             return
-        for i, rec in enumerate(table.to_pylist(), start=1):
-            yield i, rec, None
+        i = 0
+        for batch in table.to_batches(max_chunksize=1024):  # Python dicts one batch at a time
+            for rec in batch.to_pylist():
+                i += 1
+                yield i, rec, None
         return
     if path.endswith(".json"):
         try:
@@ -585,9 +589,59 @@ def read_file(path: str, fmt: str = "auto", columns: dict | None = None) -> Read
     return res
 
 
+def _json_array_head(path: str, first_bytes: int = 1 << 20) -> Iterator[tuple[int, Any, str | None]]:
+    """The leading records of a JSON array file, decoded from the start of the file without
+    parsing all of it (the driver's check only needs the first valid row). Stops (yields
+    nothing more) at anything it cannot decode from the prefix; ``check_file`` then falls
+    back to reading the whole file, as before."""
+    dec = json.JSONDecoder()
+    with open(path, "rb") as f:
+        raw = f.read(first_bytes)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:  # a multi-byte character cut by the prefix end
+        text = raw[: e.start].decode("utf-8", errors="strict") if e.start > len(raw) - 4 else ""
+    pos = len(text) - len(text.lstrip())
+    if not text[pos:pos + 1] == "[":
+        return
+    pos += 1
+    for i in itertools.count(1):
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        try:
+            rec, end = dec.raw_decode(text, pos)
+        except (json.JSONDecodeError, RecursionError):
+            return
+        yield i, rec, None
+        pos = end
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        if text[pos:pos + 1] != ",":
+            return
+        pos += 1
+
+
 def check_file(path: str, fmt: str = "auto", columns: dict | None = None) -> str:
     """The file's format, read only up to its first valid row (cheap for a good file);
-    DataError naming the first problem when it has no valid row at all."""
+    DataError naming the first problem when it has no valid row at all.
+
+    A JSON array file is first tried from its first MiB (``_json_array_head``), so a big
+    file is not parsed whole on the driver; such a file that turns out not to be valid
+    JSON as a whole is still caught: its records are all rejected when read, and
+    ``ray_read.read_ds`` raises the same "no valid rows" error for a file with none kept."""
+    if path.endswith(".json"):
+        file_fmt = None if fmt == "auto" else fmt
+        for _line, rec, _err in _json_array_head(path):
+            rec = map_columns(rec, columns)
+            if file_fmt is None:
+                file_fmt = detect_record_format(rec)
+                if file_fmt is None:
+                    continue
+            try:
+                _normalize(rec, file_fmt)
+            except (RowError, DataError):
+                continue
+            return file_fmt
     first = None
     for line, _rec, row, err, file_fmt in _iter_rows(path, fmt, columns):
         if row is not None:

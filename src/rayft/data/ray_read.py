@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .formats import ReadResult, check_pairs
+from .formats import DataError, ReadResult, check_pairs
 from .reader import plan_file, read_task
 from .records import PAIR_COLUMNS, PAIRS_SCHEMA, content_hash, split_u
 
@@ -196,13 +196,14 @@ def auto_chunk_bytes(paths) -> int:
 
 def read_ds(spec: str | list[str], fmt: str = "auto", chunk_bytes: int | None = None,
             columns: dict | None = None, language: str = "", split: str = "train",
-            val_fraction: float = 0.0, salt: str = "") -> DsRead:
+            val_fraction: float = 0.0, salt: str = "", formats: dict[str, str] | None = None) -> DsRead:
     """Every file of ``spec`` read by Ray Data tasks into a materialized Dataset (WORK_SCHEMA);
     the driver receives per-task counts only. Needs a running Ray. Raises DataError like
-    ``formats.read_pairs`` (checked on the driver first, before any task runs)."""
+    ``formats.read_pairs`` (checked on the driver first, before any task runs; ``formats``:
+    that check's result when the caller has just run it)."""
     import ray.data
 
-    formats = check_pairs(spec, fmt, columns)
+    formats = formats or check_pairs(spec, fmt, columns)
     chunk = chunk_bytes or auto_chunk_bytes(formats)
     # a file's format is fixed from its first valid row (what check_pairs found), so
     # every byte range of a big JSONL file normalises the same way
@@ -221,7 +222,13 @@ def read_ds(spec: str | list[str], fmt: str = "auto", chunk_bytes: int | None = 
         keys = ["_task", "_kind", "_val", "language"]
         counts = counts.group_by(keys).aggregate([("n", "sum")])
         counts = counts.rename_columns([("n" if c == "n_sum" else c) for c in counts.column_names]).select([*keys, "n"])
-    return DsRead(ds, [t["path"] for t in tasks], formats, counts)
+    r = DsRead(ds, [t["path"] for t in tasks], formats, counts)
+    empty = [p for p, f in r.files().items() if f["kept"] == 0]
+    if empty:  # the driver's check passed on the file's head (formats.check_file) but no row is valid
+        first = next((x for x in r.rejects() if x["file"] == empty[0]), None)
+        why = f"; first problem at line {first['line']}: {first['reason']}" if first else " (file is empty)"
+        raise DataError(f"{empty[0]}: no valid rows{why}")
+    return r
 
 
 def read_pairs_ray(spec: str | list[str], fmt: str = "auto", chunk_bytes: int | None = None,

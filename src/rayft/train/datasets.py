@@ -247,7 +247,7 @@ def _candidates(batch, langs: list[str], k: int):
     return pa.concat_tables(out)
 
 
-def prepare_ray(cfg: TrainConfig, source: str) -> Prepared:
+def prepare_ray(cfg: TrainConfig, source: str, formats: dict | None = None) -> Prepared:
     """``prepare`` for ``data.path`` with the rows kept in Ray's object store (see the module doc):
     the driver holds the datasets, per-task counts, the rejects and the few moved rows' ids."""
     import numpy as np
@@ -255,7 +255,7 @@ def prepare_ray(cfg: TrainConfig, source: str) -> Prepared:
     lang, salt, path = cfg.data.language, str(cfg.run.seed), cfg.data.path
     hashed = not cfg.data.val_path
     tr = read_ds(path, cfg.data.format, language=lang, split="hash" if hashed else "train",
-                 val_fraction=cfg.data.val_fraction if hashed else 0.0, salt=salt)
+                 val_fraction=cfg.data.val_fraction if hashed else 0.0, salt=salt, formats=formats)
     if lang and tr.count(KEPT) == 0:
         raise DataError(f"data.language={lang!r}: no rows of that language in {path}")
     va = None
