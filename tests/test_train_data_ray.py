@@ -132,3 +132,20 @@ def test_json_array_checked_from_its_head_and_a_broken_one_still_refused(ray_ses
         read_ds(str(bad))
     with pytest.raises(DataError, match=r"bad.json: no valid rows; first problem at line 1: malformed JSON"):
         read_pairs(str(bad))
+
+
+def test_parquet_checked_from_its_first_batches(tmp_path):
+    """No Ray: the driver's check of a Parquet file reads batches up to its first valid row and
+    gives the format the whole-file reader gives; a corrupt file is still refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rayft.data.formats import DataError, check_pairs
+
+    f = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"prompt": [""] * 3000 + ["q"] * 10, "response": ["a"] * 3010}), f, row_group_size=500)
+    assert check_pairs(str(f)) == {str(f): "prompt_response"} == {str(f): read_pairs(str(f)).files[str(f)]["format"]}
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(DataError, match="bad.parquet: no valid rows; first problem at line 0: unreadable Parquet"):
+        check_pairs(str(bad))

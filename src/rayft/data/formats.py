@@ -621,17 +621,33 @@ def _json_array_head(path: str, first_bytes: int = 1 << 20) -> Iterator[tuple[in
         pos += 1
 
 
+def _parquet_head(path: str) -> Iterator[tuple[int, Any, str | None]]:
+    """A Parquet file's records from its first batches (not the whole file in memory);
+    stops at any error (``check_file`` then reads the file whole, as before)."""
+    import pyarrow.parquet as pq
+    try:
+        i = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for rec in batch.to_pylist():
+                i += 1
+                yield i, rec, None
+    except Exception:  # noqa: BLE001 - corrupt file: the whole-file path reports it
+        return
+
+
 def check_file(path: str, fmt: str = "auto", columns: dict | None = None) -> str:
     """The file's format, read only up to its first valid row (cheap for a good file);
     DataError naming the first problem when it has no valid row at all.
 
-    A JSON array file is first tried from its first MiB (``_json_array_head``), so a big
-    file is not parsed whole on the driver; such a file that turns out not to be valid
-    JSON as a whole is still caught: its records are all rejected when read, and
-    ``ray_read.read_ds`` raises the same "no valid rows" error for a file with none kept."""
-    if path.endswith(".json"):
+    A JSON array file is first tried from its first MiB (``_json_array_head``), a Parquet
+    file batch by batch (``_parquet_head``), so a big file is not parsed whole on the
+    driver; a file that turns out unreadable as a whole is still caught: its records are
+    all rejected when read, and ``ray_read.read_ds`` raises the same "no valid rows" error
+    for a file with none kept."""
+    if path.endswith((".json", ".parquet")):
         file_fmt = None if fmt == "auto" else fmt
-        for _line, rec, _err in _json_array_head(path):
+        head = _json_array_head(path) if path.endswith(".json") else _parquet_head(path)
+        for _line, rec, _err in head:
             rec = map_columns(rec, columns)
             if file_fmt is None:
                 file_fmt = detect_record_format(rec)
