@@ -98,8 +98,23 @@ def _counts(batch: pa.Table) -> pa.Table:
 
 def _rejects(batch: pa.Table) -> pa.Table:
     """Ray Data map_batches: a block -> its rejected rows (what the driver writes to rejects.jsonl)."""
-    return batch.filter(pc.not_equal(batch["_kind"], KEPT)).select(
-        ["file", "line", "_reason", "_raw", "_kind", "_ord", "prompt", "response"])
+    return batch.filter(pc.not_equal(batch["_kind"], KEPT)).select(REJECT_COLUMNS)
+
+
+REJECT_COLUMNS = ["file", "line", "_reason", "_raw", "_kind", "_ord", "prompt", "response"]
+COUNT_COLUMNS = ["_task", "_kind", "_val", "language", "n"]
+
+
+def _summary(batch: pa.Table) -> pa.Table:
+    """Ray Data map_batches: a block -> its counts and its rejects in one small table (one
+    pass over the data for both): count rows have ``n`` set, reject rows ``n`` null."""
+    c, r = _counts(batch), _rejects(batch)
+    cols = {}
+    for name in dict.fromkeys(COUNT_COLUMNS + REJECT_COLUMNS):
+        typ = pa.int64() if name == "n" else WORK_SCHEMA.field(name).type
+        cols[name] = pa.concat_arrays([t[name].combine_chunks().cast(typ) if name in t.column_names
+                                       else pa.nulls(t.num_rows, typ) for t in (c, r)])
+    return pa.table(cols)
 
 
 def _kept(batch: pa.Table) -> pa.Table:
@@ -121,6 +136,7 @@ class DsRead:
     task_files: list[str]
     formats: dict[str, str]
     counts: pa.Table  # _task, _kind, _val, language, n
+    reject_rows: pa.Table | None = None  # REJECT_COLUMNS of every rejected row (None: none)
 
     def count(self, kind: int | None = None, val: bool | None = None) -> int:
         m = np.ones(self.counts.num_rows, bool)
@@ -160,8 +176,8 @@ class DsRead:
 
     def rejects(self) -> list[dict]:
         """Read rejects in (file, line) order, then ``data.language`` rejects in read order."""
-        t = _collect(self.ds, _rejects)
-        if t is None:
+        t = self.reject_rows
+        if t is None or not t.num_rows:
             return []
         t = t.sort_by([("_kind", "ascending"), ("_ord", "ascending")])
         out = []
@@ -215,14 +231,16 @@ def read_ds(spec: str | list[str], fmt: str = "auto", chunk_bytes: int | None = 
     ds = ds.map_batches(_read_block, fn_kwargs=dict(language=language, split=split, val_fraction=val_fraction,
                                                     salt=salt),
                         batch_size=1, batch_format="pyarrow", num_cpus=0.5).materialize()
-    counts = _collect(ds, _counts)
-    if counts is None:
-        counts = _counts(WORK_SCHEMA.empty_table())
+    summary = _collect(ds, _summary)  # counts and rejects: the only data the driver receives
+    if summary is None:
+        counts, rejects = _counts(WORK_SCHEMA.empty_table()), None
     else:
-        keys = ["_task", "_kind", "_val", "language"]
-        counts = counts.group_by(keys).aggregate([("n", "sum")])
-        counts = counts.rename_columns([("n" if c == "n_sum" else c) for c in counts.column_names]).select([*keys, "n"])
-    r = DsRead(ds, [t["path"] for t in tasks], formats, counts)
+        is_count = pc.is_valid(summary["n"])
+        keys = COUNT_COLUMNS[:-1]
+        counts = summary.filter(is_count).select(COUNT_COLUMNS).group_by(keys).aggregate([("n", "sum")])
+        counts = counts.rename_columns([("n" if c == "n_sum" else c) for c in counts.column_names]).select(COUNT_COLUMNS)
+        rejects = summary.filter(pc.invert(is_count)).select(REJECT_COLUMNS)
+    r = DsRead(ds, [t["path"] for t in tasks], formats, counts, rejects)
     empty = [p for p, f in r.files().items() if f["kept"] == 0]
     if empty:  # the driver's check passed on the file's head (formats.check_file) but no row is valid
         first = next((x for x in r.rejects() if x["file"] == empty[0]), None)
