@@ -542,6 +542,8 @@ def suite(engine: str, args, uri: str, v1: str, v2: str, port: int, key: str) ->
         if args.concurrency_only:  # issue 20 item 2: the batching target alone (1 vs 8 clients)
             out["concurrency"] = concurrency_sweep(url, key, args)
             out["completion_tokens"] = completion_tokens(url, key, args.max_tokens)
+            out["replica_stats"] = serve.get_deployment_handle("Gateway", app_name=cfg.app_name).stats.remote() \
+                .result(timeout_s=60)["stats"]  # topology=single (auto): the gateway replica holds the model
             print(json.dumps({"concurrency": out["concurrency"]}), file=sys.stderr)
             return out
         out.update(interleaved(base, url, key, args))
@@ -622,7 +624,7 @@ def main() -> None:
     ap.add_argument("--levels", default="1,4,8", help="client counts for the concurrency runs")
     ap.add_argument("--ttft-requests", type=int, default=24, help="streamed requests per TTFT run")
     ap.add_argument("--max-batch-size", type=int, default=8)
-    ap.add_argument("--batch-wait-ms", type=float, default=5.0)
+    ap.add_argument("--batch-wait-ms", type=float, default=100.0, help="serve batch_wait_timeout_s in ms (config default 100)")
     ap.add_argument("--also-unbatched", action="store_true",
                     help="repeat the concurrency runs with max_batch_size=1 (redeploys the app)")
     ap.add_argument("--redeploy-baseline", action="store_true")

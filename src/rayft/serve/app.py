@@ -42,6 +42,7 @@ log = logging.getLogger("ray.serve")
 api = FastAPI(title="rayft", docs_url=None, redoc_url=None, openapi_url=None)  # see Gateway.openapi
 MAX_MODELS_PER_REPLICA = 4  # adapters are MBs; full models are not: keep the LRU small
 MAX_LOAD_RETRY_S = 300.0
+PEAK_WINDOW_S = 2.0  # how long the most concurrent requests seen counts for batch forming
 
 
 def base_key(base: dict) -> str:
@@ -119,9 +120,10 @@ def replica_options(cfg: ServeConfig) -> dict:
 class ModelServer:
     """One base model; registry versions attached on demand and cached LRU per replica.
 
-    Concurrent requests are batched (``@serve.batch``: up to ``max_batch_size`` requests that
-    arrive within ``batch_wait_timeout_s`` or queue up while a batch runs; one batch at a time
-    per replica, i.e. static batching, no joining a running batch); the engine runs
+    Concurrent requests are batched (``_batch_loop``: the requests that queued up while a batch
+    ran, up to ``max_batch_size``, plus stragglers within ``batch_wait_timeout_s`` after a batch
+    of several; one batch at a time per replica, i.e. static batching, no joining a running
+    batch); the engine runs
     the requests of a batch that use the same version as ONE left-padded ``generate`` and
     different versions (adapters) one group after another. Streaming requests ride in the
     same batches; their tokens leave the generating thread through an asyncio queue."""
@@ -131,8 +133,13 @@ class ModelServer:
                  engine: dict | None = None):
         self.engine = make_engine(base, threads, max_prompt_tokens, queue_timeout_s, engine)
         self.registry = registry
-        self._batch.set_max_batch_size(max_batch_size)
-        self._batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.max_batch = max_batch_size
+        self.batch_wait_s = batch_wait_timeout_s
+        self._queue: asyncio.Queue | None = None  # (job, future) waiting for the next batch
+        self._arrived: asyncio.Event | None = None
+        self._loop_task: asyncio.Task | None = None
+        self._last_end = 0.0
+        self._inflight, self._peak, self._peak_t = 0, 0, 0.0  # requests in _batch; recent most at once
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def get_model(self, model_id: str):
@@ -144,19 +151,74 @@ class ModelServer:
 
         return await asyncio.to_thread(load)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
-    async def _batch(self, jobs: list) -> list:
-        """One engine call for a batch of prepared requests: [("ok", result) | ("error", exc)]."""
-        out = await asyncio.to_thread(self.engine.run_batch, jobs)
-        res = []
-        for j, r in zip(jobs, out):
-            if isinstance(r, BaseException):
-                if j.on_event is not None:
-                    j.on_event("error", r)
-                res.append(("error", r))
-            else:
-                res.append(("ok", r))
-        return res
+    async def _batch(self, job) -> tuple:
+        """Queue one prepared request for the next batch: ("ok", result) | ("error", exc)."""
+        if self._queue is None:
+            self._queue, self._arrived = asyncio.Queue(), asyncio.Event()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._inflight += 1
+        now = loop.time()
+        if self._inflight >= self._peak or now - self._peak_t > PEAK_WINDOW_S:
+            self._peak, self._peak_t = self._inflight, now
+        self._queue.put_nowait((job, fut))
+        self._arrived.set()
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.ensure_future(self._batch_loop())
+        try:
+            return await fut
+        finally:
+            self._inflight -= 1
+
+    async def _batch_loop(self) -> None:
+        """One batch at a time, formed when the engine is free: every request that arrived while
+        the last batch ran joins the next one (up to ``max_batch``). Serve's ``@serve.batch``
+        closes the next batch ``batch_wait_timeout_s`` after its first request even while the
+        engine is still busy, which on this path fragmented 8 clients into batches of 1.7 on
+        average (benchmarks/RESULTS.md). When several requests were in the replica at once within
+        the last PEAK_WINDOW_S, the next batch also waits, at most ``batch_wait_s`` from the last
+        batch's end, until that many are queued (the clients just answered coming back: the wait
+        ends as soon as they are), which also merges client groups that fell out of phase; a lone
+        client never waits."""
+        loop = asyncio.get_running_loop()
+        q = self._queue
+        while True:
+            items = [await q.get()]
+            # clients were recently this many at once: wait (from the last batch's end) until as many
+            # requests are queued; a lone client (peak 1) never waits
+            recent = self._peak if loop.time() - self._peak_t <= PEAK_WINDOW_S else 1
+            want = min(self.max_batch, max(1, recent))
+            deadline = self._last_end + (self.batch_wait_s if want > 1 else 0.0)
+            while True:
+                self._arrived.clear()  # before draining: an arrival after the drain wakes the wait
+                while len(items) < self.max_batch and not q.empty():
+                    items.append(q.get_nowait())
+                left = deadline - loop.time()
+                if len(items) >= want or left <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+            while len(items) < self.max_batch and not q.empty():
+                items.append(q.get_nowait())
+            items = [(j, f) for j, f in items if not f.done()]  # callers gone while waiting
+            if not items:
+                continue
+            jobs = [j for j, _ in items]
+            try:
+                out = await asyncio.to_thread(self.engine.run_batch, jobs)
+            except Exception as e:  # the engine failed as a whole: every request of the batch gets it
+                out = [e] * len(jobs)
+            self._last_end = loop.time()
+            for (j, f), r in zip(items, out):
+                if isinstance(r, BaseException):
+                    if j.on_event is not None:
+                        j.on_event("error", r)
+                    if not f.done():
+                        f.set_result(("error", r))
+                elif not f.done():
+                    f.set_result(("ok", r))
 
     @staticmethod
     def _error(mid: str, e: BaseException) -> dict:
@@ -280,7 +342,7 @@ class _LocalStream:
 
 class LocalServer:
     """The ``topology=single`` stand-in for a ModelServer DeploymentHandle: the same ModelServer
-    code (multiplexed LRU, ``@serve.batch``, streaming) run inside the gateway's own replica, so a
+    code (multiplexed LRU, batching, streaming) run inside the gateway's own replica, so a
     request costs one Serve hop (proxy -> gateway) instead of two (... -> handle -> model replica)."""
 
     def __init__(self, server, mid: str = "", stream: bool = False):

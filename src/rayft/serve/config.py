@@ -68,9 +68,12 @@ class ServeConfig(Section):
     max_ongoing_requests: int = opt(32, "concurrent requests per replica before Serve queues them", ge=1)
     max_batch_size: int = opt(8, "most concurrent requests a model replica generates in one batch (one "
                               "forward pass per token for all of them; 1 = no batching)", ge=1)
-    batch_wait_timeout_s: float = opt(0.0, "how long a replica waits for more requests to fill a batch; "
-                                      "requests that arrive while a batch runs join the next one anyway, so 0 "
-                                      "batches under load without delaying a lone request", ge=0, le=10)
+    batch_wait_timeout_s: float = opt(0.1, "when n > 1 requests were in a replica at once in the last 2 s, "
+                                      "how long (from the last batch's end) it waits for n to queue before it "
+                                      "starts the next batch (a batch runs to its end: the clients it answered "
+                                      "come back over tens of ms, and without a wait they fragment into batches "
+                                      "of 1-2). The wait ends as soon as they are queued; a lone client never "
+                                      "waits; 0 = never wait", ge=0, le=10)
     alias_refresh_s: float = opt(1.0, "how often the gateway re-reads the registry aliases (hot swap delay)", gt=0)
     max_tokens_default: int = opt(64, "max_tokens when a request does not set it", ge=1)
     max_tokens_limit: int = opt(512, "largest max_tokens a request may ask for", ge=1)
