@@ -42,7 +42,6 @@ log = logging.getLogger("ray.serve")
 api = FastAPI(title="rayft", docs_url=None, redoc_url=None, openapi_url=None)  # see Gateway.openapi
 MAX_MODELS_PER_REPLICA = 4  # adapters are MBs; full models are not: keep the LRU small
 MAX_LOAD_RETRY_S = 300.0
-PEAK_WINDOW_S = 2.0  # how long the most concurrent requests seen counts for batch forming
 
 
 def base_key(base: dict) -> str:
@@ -139,7 +138,7 @@ class ModelServer:
         self._arrived: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
         self._last_end = 0.0
-        self._inflight, self._peak, self._peak_t = 0, 0, 0.0  # requests in _batch; recent most at once
+        self._inflight, self._peak = 0, 0  # requests in _batch now; most at once since the last batch began
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def get_model(self, model_id: str):
@@ -158,9 +157,7 @@ class ModelServer:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._inflight += 1
-        now = loop.time()
-        if self._inflight >= self._peak or now - self._peak_t > PEAK_WINDOW_S:
-            self._peak, self._peak_t = self._inflight, now
+        self._peak = max(self._peak, self._inflight)
         self._queue.put_nowait((job, fut))
         self._arrived.set()
         if self._loop_task is None or self._loop_task.done():
@@ -175,19 +172,18 @@ class ModelServer:
         the last batch ran joins the next one (up to ``max_batch``). Serve's ``@serve.batch``
         closes the next batch ``batch_wait_timeout_s`` after its first request even while the
         engine is still busy, which on this path fragmented 8 clients into batches of 1.7 on
-        average (benchmarks/RESULTS.md). When several requests were in the replica at once within
-        the last PEAK_WINDOW_S, the next batch also waits, at most ``batch_wait_s`` from the last
-        batch's end, until that many are queued (the clients just answered coming back: the wait
-        ends as soon as they are), which also merges client groups that fell out of phase; a lone
-        client never waits."""
+        average (benchmarks/RESULTS.md). When n > 1 requests were in the replica at once since the
+        last batch began, the next batch also waits, at most ``batch_wait_s`` from the last batch's
+        end, until n are queued (the clients just answered coming back: the wait ends as soon as
+        they are), which also merges client groups that fell out of phase; a lone client never
+        waits."""
         loop = asyncio.get_running_loop()
         q = self._queue
         while True:
             items = [await q.get()]
-            # clients were recently this many at once: wait (from the last batch's end) until as many
-            # requests are queued; a lone client (peak 1) never waits
-            recent = self._peak if loop.time() - self._peak_t <= PEAK_WINDOW_S else 1
-            want = min(self.max_batch, max(1, recent))
+            # clients were this many at once since the last batch began: wait (from its end) until as
+            # many requests are queued; a lone client (peak 1) never waits
+            want = min(self.max_batch, max(1, self._peak))
             deadline = self._last_end + (self.batch_wait_s if want > 1 else 0.0)
             while True:
                 self._arrived.clear()  # before draining: an arrival after the drain wakes the wait
@@ -206,6 +202,7 @@ class ModelServer:
             if not items:
                 continue
             jobs = [j for j, _ in items]
+            self._peak = self._inflight  # this batch and whatever queued behind it
             try:
                 out = await asyncio.to_thread(self.engine.run_batch, jobs)
             except Exception as e:  # the engine failed as a whole: every request of the batch gets it

@@ -68,7 +68,7 @@ class ServeConfig(Section):
     max_ongoing_requests: int = opt(32, "concurrent requests per replica before Serve queues them", ge=1)
     max_batch_size: int = opt(8, "most concurrent requests a model replica generates in one batch (one "
                               "forward pass per token for all of them; 1 = no batching)", ge=1)
-    batch_wait_timeout_s: float = opt(0.1, "when n > 1 requests were in a replica at once in the last 2 s, "
+    batch_wait_timeout_s: float = opt(0.1, "when n > 1 requests were in a replica at once since its last batch began, "
                                       "how long (from the last batch's end) it waits for n to queue before it "
                                       "starts the next batch (a batch runs to its end: the clients it answered "
                                       "come back over tens of ms, and without a wait they fragment into batches "
