@@ -99,6 +99,16 @@ def read_speed(a) -> dict:
     return out
 
 
+def vm_hwm_mb() -> float:
+    """This process's peak RSS since its exec (VmHWM). Not ru_maxrss: Linux keeps ru_maxrss across
+    execve, so a child started by a big parent (the one that generated 1M pairs) would report the
+    parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def rss_child(data: str, path: str) -> dict:
     """One size, in this (fresh) process: the train data phase, then this process's peak RSS."""
     from rayft.config import load
@@ -110,7 +120,7 @@ def rss_child(data: str, path: str) -> dict:
     import ray
     ray.data.DataContext.get_current().enable_progress_bars = False
     ray_start_s = time.time() - t0
-    rss_ray = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_ray = vm_hwm_mb()
     run = tempfile.mkdtemp(prefix="read_bench_run_")
     cfg = load(TrainConfig, None, [f"data.path={data}", f"run.dir={run}", "model.name=tiny-qwen2",
                                    "scaling.num_workers=2", "train.batch_size=8", "data.max_seq_len=256",
@@ -124,8 +134,7 @@ def rss_child(data: str, path: str) -> dict:
     out = {"path": path, "train_rows": p.stats["train_rows"], "val_rows": p.stats["val_rows"],
            "rows_rejected": p.stats["rows_rejected"], "prepare_s": round(prepare_s, 1),
            "tokenize_s": round(tokenize_s, 1), "ray_start_s": round(ray_start_s, 1),
-           "driver_rss_after_ray_start_mb": round(rss_ray), "driver_peak_rss_mb":
-           round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+           "driver_rss_after_ray_start_mb": round(rss_ray), "driver_peak_rss_mb": round(vm_hwm_mb())}
     ray.shutdown()
     return out
 
