@@ -133,7 +133,7 @@ def one(method: str, data: Path, out: Path) -> dict:
 
 def run_child(method: str, data: Path, out: Path, timeout: float) -> dict:
     """Fresh interpreter per measurement (numba/pynndescent caches warm from disk, nothing
-    shared in memory); the child reports its own peak RSS (getrusage ru_maxrss)."""
+    shared in memory); the child reports its own peak RSS (VmHWM; ru_maxrss beside it)."""
     cmd = [sys.executable, __file__, "--one", method, "--data", str(data), "--out", str(out)]
     t0 = time.time()
     # own session: on timeout the whole group goes, including hdbscan's joblib/loky workers
@@ -167,7 +167,12 @@ def main() -> None:
         import resource
 
         res = one(a.one, Path(a.data), Path(a.out))
-        res["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)
+        # VmHWM (this process image's peak, reset by exec); ru_maxrss is kept across execve on
+        # Linux, so it would start at the parent's size when the parent had just built the data
+        hwm = [ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM:")]
+        res["peak_rss_gb"] = round(int(hwm[0].split()[1]) * 1024 / 1e9, 3) if hwm else \
+            round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)
+        res["ru_maxrss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)
         print(json.dumps(res), flush=True)
         return
     work = Path(a.work)
