@@ -195,9 +195,7 @@ class ModelServer:
                 try:
                     await asyncio.wait_for(self._arrived.wait(), left)
                 except asyncio.TimeoutError:
-                    break
-            while len(items) < self.max_batch and not q.empty():
-                items.append(q.get_nowait())
+                    pass  # drained once more above, then left <= 0 ends the wait
             items = [(j, f) for j, f in items if not f.done()]  # callers gone while waiting
             if not items:
                 continue
@@ -342,11 +340,13 @@ class LocalServer:
     code (multiplexed LRU, batching, streaming) run inside the gateway's own replica, so a
     request costs one Serve hop (proxy -> gateway) instead of two (... -> handle -> model replica)."""
 
-    def __init__(self, server, mid: str = "", stream: bool = False):
-        self.server, self.mid, self.stream = server, mid, stream
+    def __init__(self, server, mid: str = ""):
+        self.server, self.mid = server, mid
 
-    def options(self, multiplexed_model_id: str = "", stream: bool = False, **_):
-        return LocalServer(self.server, multiplexed_model_id, stream)
+    def options(self, multiplexed_model_id: str = "", **_):
+        """Like DeploymentHandle.options; ``stream`` needs nothing here (generate_stream is an
+        async generator either way)."""
+        return LocalServer(self.server, multiplexed_model_id)
 
     def __getattr__(self, name: str):
         if name == "generate_stream":
@@ -645,9 +645,9 @@ def build_app(cfg: ServeConfig):
     key = cfg.resolved_key()
     public = to_dict(cfg) | {"api_key": ""}  # only the key's hash goes into the deployment
     key_sha = hashlib.sha256(key.encode()).hexdigest() if key else ""
+    args = {k: (spec, cfg.registry, threads, cfg.max_prompt_tokens, cfg.queue_timeout_s, cfg.max_batch_size,
+                cfg.batch_wait_timeout_s, engine) for k, spec in bases.items()}  # ModelServer's init args
     if topology_of(cfg, bases) == "single":  # gateway + model in one replica: one hop per request
-        args = {k: (spec, cfg.registry, threads, cfg.max_prompt_tokens, cfg.queue_timeout_s, cfg.max_batch_size,
-                    cfg.batch_wait_timeout_s, engine) for k, spec in bases.items()}
         return Gateway.options(num_replicas=cfg.replicas, ray_actor_options=replica_options(cfg),
                                max_ongoing_requests=4 * cfg.max_ongoing_requests,
                                health_check_period_s=2.0, health_check_timeout_s=30.0) \
@@ -656,9 +656,7 @@ def build_app(cfg: ServeConfig):
                                       ray_actor_options=replica_options(cfg),
                                       max_ongoing_requests=cfg.max_ongoing_requests,
                                       health_check_period_s=2.0, health_check_timeout_s=30.0)
-               .bind(spec, cfg.registry, threads, cfg.max_prompt_tokens, cfg.queue_timeout_s, cfg.max_batch_size,
-                     cfg.batch_wait_timeout_s, engine)
-               for i, (k, spec) in enumerate(bases.items())}
+               .bind(*args[k]) for i, k in enumerate(bases)}
     return Gateway.options(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=4 * cfg.max_ongoing_requests) \
         .bind(public, servers, key_sha)
 
