@@ -288,36 +288,49 @@ def handle_direct(app_name: str, version: str, n: int, max_tokens: int) -> dict:
     return summary(lat, time.perf_counter() - t0)
 
 
-def gateway_only(url: str, key: str, n: int) -> dict:
-    """Requests the gateway answers itself (404 unknown model): HTTP + proxy + gateway, no model."""
+def timed_posts(url: str, n: int, status: int, body: dict | None = None, key: str = "", warm: int = 0) -> dict:
+    """n sequential POSTs from one session, each expected to answer ``status``; ``warm`` untimed first."""
     import requests
 
     s = requests.Session()
-    s.headers["Authorization"] = f"Bearer {key}"
-    body = {"model": "no-such-model", "messages": PROMPT}
+    if key:
+        s.headers["Authorization"] = f"Bearer {key}"
+    for _ in range(warm):
+        s.post(url, json=body, timeout=60)
     lat = []
     t0 = time.perf_counter()
     for _ in range(n):
         t = time.perf_counter()
-        assert s.post(f"{url}/v1/chat/completions", json=body, timeout=60).status_code == 404
+        assert s.post(url, json=body, timeout=60).status_code == status
         lat.append(time.perf_counter() - t)
     return summary(lat, time.perf_counter() - t0)
 
 
-def interleaved(base: InProcess, url: str, key: str, args) -> dict:
-    """Rounds of in-process / served-sequential / served-concurrent batches, so that the
-    (shared, fluctuating) machine load hits all three alike; then pooled percentiles."""
-    http_load(url, key, 6, 1, args.max_tokens)  # warm: adapter loaded, connections open
-    acc = {k: ([], 0.0, 0) for k in ("in_process", "served_sequential", "served_concurrent")}
-    per = max(1, args.requests // args.rounds)
-    for _ in range(args.rounds):
-        for k, fn in (("in_process", lambda: (*base.run(per), 0)),
-                      ("served_sequential", lambda: http_load(url, key, per, 1, args.max_tokens)),
-                      ("served_concurrent", lambda: http_load(url, key, per, args.concurrency, args.max_tokens))):
+def gateway_only(url: str, key: str, n: int) -> dict:
+    """Requests the gateway answers itself (404 unknown model): HTTP + proxy + gateway, no model."""
+    return timed_posts(f"{url}/v1/chat/completions", n, 404, {"model": "no-such-model", "messages": PROMPT}, key)
+
+
+def rounds(paths: dict, n: int) -> dict:
+    """``n`` rounds calling each of ``paths`` ({name: fn() -> (latencies, wall s, errors)}) in turn,
+    so that the (shared, fluctuating) machine load hits all alike; then pooled percentiles."""
+    acc = {k: ([], 0.0, 0) for k in paths}
+    for _ in range(n):
+        for k, fn in paths.items():
             lat, wall, err = fn()
             a = acc[k]
             acc[k] = (a[0] + lat, a[1] + wall, a[2] + err)
-    out = {k: summary(lat, wall) | {"errors": err} for k, (lat, wall, err) in acc.items()}
+    return {k: summary(lat, wall) | {"errors": err} for k, (lat, wall, err) in acc.items()}
+
+
+def interleaved(base: InProcess, url: str, key: str, args) -> dict:
+    """Rounds of in-process / served-sequential / served-concurrent batches (``rounds``)."""
+    http_load(url, key, 6, 1, args.max_tokens)  # warm: adapter loaded, connections open
+    per = max(1, args.requests // args.rounds)
+    out = rounds({"in_process": lambda: (*base.run(per), 0),
+                  "served_sequential": lambda: http_load(url, key, per, 1, args.max_tokens),
+                  "served_concurrent": lambda: http_load(url, key, per, args.concurrency, args.max_tokens)},
+                 args.rounds)
     out["served_concurrent"]["concurrency"] = args.concurrency
     return out
 
@@ -436,20 +449,7 @@ def serve_floor():
 
     serve.run(Empty.bind(), name="bench_floor", route_prefix="/floor")
 
-    def measure(url: str, n: int) -> dict:
-        import requests
-        s = requests.Session()
-        for _ in range(10):
-            s.post(url + "/")
-        lat = []
-        t0 = time.perf_counter()
-        for _ in range(n):
-            t = time.perf_counter()
-            assert s.post(url + "/", timeout=60).status_code == 200
-            lat.append(time.perf_counter() - t)
-        return summary(lat, time.perf_counter() - t0)
-
-    return measure
+    return lambda url, n: timed_posts(url + "/", n, 200, warm=10)
 
 
 def topologies(args, uri: str, v1: str, port: int, key: str) -> dict:
@@ -470,6 +470,7 @@ def topologies(args, uri: str, v1: str, port: int, key: str) -> dict:
               f"torch_threads={args.threads}", "blocking=false", f"max_batch_size={args.max_batch_size}",
               f"batch_wait_timeout_s={args.batch_wait_ms / 1000}", "alias_refresh_s=0.5"]
     urls = {}
+    root = f"http://127.0.0.1:{port}"
     try:
         # Ray Serve's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED=1: direct ingress,
         # i.e. the ingress replica answers HTTP itself) allows one ingress app on the port: single only
@@ -477,29 +478,24 @@ def topologies(args, uri: str, v1: str, port: int, key: str) -> dict:
             cfg = load(ServeConfig, None, [*common, f"topology={topo}", f"app_name=bench_{topo}",
                                            f"route_prefix=/{topo}"])
             if not urls:
-                urls[topo] = start(cfg)
+                assert start(cfg) == f"{root}/{topo}"
             else:
                 serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
-                urls[topo] = urls["single"].rsplit("/", 1)[0] + f"/{topo}"
+            urls[topo] = f"{root}/{topo}"
         floor = None if args.throughput_optimized else serve_floor()
         for u in urls.values():
             http_load(u, key, 6, 1, args.max_tokens)  # warm: adapter loaded, connections open
         base.run(6)
-        acc = {k: ([], 0.0, 0) for k in ("in_process", *urls)}
         per = max(1, args.requests // args.rounds)
-        for _ in range(args.rounds):
-            for k in acc:
-                lat, wall, err = (*base.run(per), 0) if k == "in_process" else \
-                    http_load(urls[k], key, per, 1, args.max_tokens)
-                a = acc[k]
-                acc[k] = (a[0] + lat, a[1] + wall, a[2] + err)
-        out = {k: summary(lat, wall) | {"errors": err} for k, (lat, wall, err) in acc.items()}
+        out = rounds({"in_process": lambda b=base: (*b.run(per), 0),
+                      **{t: (lambda u=u: http_load(u, key, per, 1, args.max_tokens)) for t, u in urls.items()}},
+                     args.rounds)
         n = max(10, args.requests // 4)
         if "split" in urls:
             out["split_handle_direct"] = handle_direct("bench_split", v1, n, args.max_tokens)
         out["gateway_only_404"] = {t: gateway_only(urls[t], key, n) for t in urls}
         if floor:
-            out["serve_floor_empty_route"] = floor(urls["single"].rsplit("/", 1)[0] + "/floor", n)
+            out["serve_floor_empty_route"] = floor(f"{root}/floor", n)
         for t in urls:
             out[f"added_ms_p50_{t}"] = out[t]["p50_ms"] - out["in_process"]["p50_ms"]
             out[f"added_ms_mean_{t}"] = out[t]["mean_ms"] - out["in_process"]["mean_ms"]
@@ -669,11 +665,9 @@ def main() -> None:
             results[engine] = suite(engine, args, uri, v1, v2, port, key)
     finally:
         ray.shutdown()
-    if args.topologies:
-        pass
-    elif engines == ["transformers"]:
+    if engines == ["transformers"]:
         out.update(results["transformers"])  # the layout earlier RESULTS.md runs have
-    else:
+    elif engines:
         out["results"] = results
     if args.gen_tokens and results:
         out["engines"] = compare(results)
