@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from .formats import DataError, ReadResult, check_pairs
 from .reader import plan_file, read_task
-from .records import PAIR_COLUMNS, PAIRS_SCHEMA, content_hash, split_u
+from .records import PAIR_COLUMNS, PAIRS_SCHEMA, content_hash, language_reject_reason, split_u
 
 CHUNK_BYTES = 4 << 20
 MIN_CHUNK_BYTES = 256 << 10
@@ -66,7 +66,7 @@ def _task_table(task: dict, language: str, split: str, val_fraction: float, salt
         for i, lang in enumerate(b["language"]):
             if kind[i] == KEPT and lang != language:
                 kind[i] = LANGUAGE_REJECT
-                reason[i] = f"language {lang!r} != data.language {language!r}"
+                reason[i] = language_reject_reason(lang, language)
     keep = kind == KEPT
     u = np.ones(n, np.float64)
     if split == "hash" and val_fraction > 0:

@@ -70,13 +70,16 @@ def content_hash(system: str, history: str, prompt: str, response: str) -> str:
     return h.hexdigest()
 
 
+def language_reject_reason(row_language: str, wanted: str) -> str:
+    """The reject reason of a row that ``data.language`` drops (train's driver and Ray Data paths)."""
+    return f"language {row_language!r} != data.language {wanted!r}"
+
+
 def split_of(row_hash: str, val_fraction: float, salt: str = "") -> str:
     """Deterministic train/val assignment from a content hash: a rerun gives the same split."""
     if val_fraction <= 0:
         return "train"
-    h = hashlib.sha1((salt + row_hash).encode()).digest()
-    u = int.from_bytes(h[:8], "big") / 2**64
-    return "val" if u < val_fraction else "train"
+    return "val" if split_u(row_hash, salt) < val_fraction else "train"
 
 
 def empty_pairs_table() -> pa.Table:

@@ -27,7 +27,8 @@ from ..config import ConfigError
 from ..data.formats import DataError, ReadResult, check_pairs
 from ..data.mixture import check_mixture, read_mixture
 from ..data.ray_read import KEPT, read_ds, read_pairs_ray
-from ..data.records import PAIR_COLUMNS, content_hash, ensure_min_val, rows_to_table, split_of
+from ..data.records import (PAIR_COLUMNS, content_hash, ensure_min_val, language_reject_reason, rows_to_table,
+                             split_of)
 from .config import TrainConfig
 
 
@@ -146,7 +147,7 @@ def keep_language(res: ReadResult, language: str, path: str) -> int:
             keep.append(r)
         else:
             res.rejects.append({"file": r["file"], "line": r["line"],
-                                "reason": f"language {r['language']!r} != data.language {language!r}",
+                                "reason": language_reject_reason(r["language"], language),
                                 "record": {"prompt": r["prompt"], "response": r["response"]}})
     dropped = len(res.rows) - len(keep)
     res.rows = keep
