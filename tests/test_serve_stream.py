@@ -193,3 +193,6 @@ def test_topology_choice():
     assert topology_of(ServeConfig(topology="split"), one) == "split"
     with pytest.raises(ConfigError, match="topology=single hosts one base model.*topology=split"):
         topology_of(ServeConfig(topology="single"), two)
+    with pytest.raises(ConfigError, match="topology") as e:  # a bad value: one line naming the key
+        load(ServeConfig, None, ["topology=both"])
+    assert "\n" not in str(e.value)
