@@ -111,3 +111,66 @@ def test_sse_chunks_and_batch_config():
     assert (cfg.max_batch_size, cfg.batch_wait_timeout_s) == (4, 0.02)
     with pytest.raises(ConfigError, match="max_ongoing_requests"):
         load(ServeConfig, None, ["max_batch_size=64", "max_ongoing_requests=8"])
+
+
+def test_continuous_batching_joins_give_the_answer_each_request_gets_alone(eng):
+    """Issue 20 item 2 (continuous batching): requests taken into a RUNNING batch between decode
+    steps (their prompts prefilled and their KV caches joined, finished rows dropped) answer
+    exactly as they do alone; max_rows caps the rows; a request for another adapter is not
+    joined (take filters by group key) and runs after; every job reaches done() once."""
+    e, (h1, h2) = eng
+    reqs = [(h1, _req(p, k, m)) for p in PROMPTS for k, m in (("chat", 12), ("completion", 7))]
+    alone = [e.generate(h, r) for h, r in reqs]
+    jobs = [e.prepare(h, r) for h, r in reqs]
+    first, later = jobs[:2], jobs[2:]
+    other = e.prepare(h2, _req(PROMPTS[0], "chat", 6))
+    queue = list(later) + [other]
+    taken_at: list[tuple[int, int]] = []
+    got: dict[int, dict] = {}
+    calls = {"n": 0}
+
+    def take(key, n):
+        calls["n"] += 1
+        out = []
+        while queue and len(out) < min(n, 2) and calls["n"] % 3 == 0:  # join two every third step
+            if queue[0].group_key(0) != key:
+                break
+            out.append(queue.pop(0))
+        taken_at.append((calls["n"], len(out)))
+        return out
+
+    def done(j, r):
+        assert id(j) not in got
+        got[id(j)] = r
+
+    before = e.stats["max_batch"]
+    e.stats["max_batch"] = 0
+    res = e.run_batch(first, take, done, max_rows=3)
+    assert res == alone[:2]
+    assert [got[id(j)] for j in jobs] == alone  # joined rows: same answers as alone
+    assert sum(n for _, n in taken_at) == len(later)
+    assert e.stats["max_batch"] == 3  # never more rows than max_rows
+    assert queue == [other]  # another adapter's request is left for the next batch
+    assert e.run_batch(queue) == [e.generate(h2, _req(PROMPTS[0], "chat", 6))]
+    e.stats["max_batch"] = max(before, e.stats["max_batch"])
+
+
+def test_continuous_batching_streams_and_cancels_one_row(eng):
+    e, (h1, _) = eng
+    want = e.generate(h1, _req(PROMPTS[1], "completion", 30))
+    events: list = []
+    cancel = threading.Event()
+
+    def on_event(kind, x):
+        events.append((kind, x))
+        if kind == "text" and len(events) == 3:
+            cancel.set()  # the client went away after 3 pieces
+
+    stream = e.prepare(h1, _req(PROMPTS[1], "completion", 30), on_event=on_event)
+    quit_ = e.prepare(h1, _req(PROMPTS[2], "completion", 30), on_event=lambda k, x: None, cancel=cancel)
+    got = {}
+    out = e.run_batch([stream, quit_], lambda key, n: [], lambda j, r: got.__setitem__(id(j), r), max_rows=8)
+    assert out[0] == want
+    assert "".join(x for k, x in events if k == "text") == want["text"]
+    assert events[-1] == ("end", want)
+    assert out[1]["completion_tokens"] < 30  # stopped early, the other row went on

@@ -36,7 +36,7 @@ def server(max_batch: int = 8, wait_s: float = 0.1):
     s = object.__new__(ModelServer.func_or_class)  # the replica class without loading a model
     s.engine = FakeEngine()
     s.max_batch, s.batch_wait_s = max_batch, wait_s
-    s._queue = s._arrived = s._loop_task = None
+    s._pending = s._arrived = s._plock = s._loop_task = None
     s._last_end, s._inflight, s._peak = 0.0, 0, 0
     return s
 
@@ -132,3 +132,66 @@ def test_an_engine_failure_reaches_every_request_of_its_batch_only():
     a, b = asyncio.run(main())
     assert [k for k, _ in a] == ["error"] * 3 and all(isinstance(e, RuntimeError) for _, e in a)
     assert b == ("ok", {"rid": 9})
+
+
+class ContinuousEngine:
+    """Like the transformers engine's decode loop: each row takes ``steps`` steps of STEP_S/5;
+    between steps it asks ``take`` for joiners while it has fewer than max_rows rows, and
+    reports each row to ``done`` when it ends."""
+    continuous = True
+
+    def __init__(self, steps: int = 10):
+        self.steps, self.joined, self.max_rows_seen = steps, [], 0
+
+    def run_batch(self, jobs, take, done, max_rows):
+        rows = {id(j): [j, self.steps] for j in jobs}
+        out = {}
+        while rows:
+            time.sleep(STEP_S / 5)
+            self.max_rows_seen = max(self.max_rows_seen, len(rows))
+            for k in list(rows):
+                rows[k][1] -= 1
+                if rows[k][1] == 0:
+                    j = rows.pop(k)[0]
+                    out[id(j)] = {"rid": j.rid, "end": time.monotonic()}
+                    done(j, out[id(j)])
+            if len(rows) < max_rows:
+                for j in take(0, max_rows - len(rows)):
+                    self.joined.append(j.rid)
+                    rows[id(j)] = [j, self.steps]
+        return [out[id(j)] for j in jobs]
+
+
+class KeyedJob(Job):
+    def __init__(self, rid: int, key=0):
+        super().__init__(rid)
+        self.key = key
+
+    def group_key(self, i):
+        return self.key
+
+
+def test_continuous_engine_requests_join_the_running_batch_and_answer_when_their_row_ends():
+    """Issue 20 item 2: with an engine that supports it, a request arriving while a batch runs
+    joins it (no waiting for the batch to end), gets its answer as soon as its own row ends,
+    max_batch caps the rows, and a request for another version is not joined."""
+    s = server(max_batch=3)
+    s.engine = ContinuousEngine(steps=10)  # a row: 10 steps x 10 ms
+
+    async def main():
+        t0 = time.monotonic()
+        first = asyncio.ensure_future(s._batch(KeyedJob(0)))
+        await asyncio.sleep(STEP_S)  # the batch is about half-way through row 0
+        late = [asyncio.ensure_future(s._batch(KeyedJob(i))) for i in (1, 2, 3)]
+        other = asyncio.ensure_future(s._batch(KeyedJob(9, key=1)))
+        await first
+        got0 = time.monotonic()  # when row 0's caller had its answer
+        res = await asyncio.gather(first, *late, other)
+        return got0, res
+
+    got0, res = asyncio.run(main())
+    assert [r["rid"] for _, r in res] == [0, 1, 2, 3, 9]
+    # 1 and 2 joined row 0's running batch, 3 when row 0 left; 9 (another version) was not joined
+    assert s.engine.joined == [1, 2, 3]
+    assert s.engine.max_rows_seen == 3  # max_batch
+    assert got0 < res[3][1]["end"]  # row 0's caller was answered before the batch ended

@@ -15,6 +15,7 @@ body parameters (HTTP 422 on every call).
 """
 
 import asyncio
+import collections
 import hashlib
 import hmac
 import json
@@ -121,9 +122,9 @@ class ModelServer:
 
     Concurrent requests are batched (``_batch_loop``: the requests that queued up while a batch
     ran, up to ``max_batch_size``, plus stragglers within ``batch_wait_timeout_s`` after a batch
-    of several; one batch at a time per replica, i.e. static batching, no joining a running
-    batch); the engine runs
-    the requests of a batch that use the same version as ONE left-padded ``generate`` and
+    of several; on the transformers engine, requests that arrive while a batch runs join it at the
+    next decode step: continuous batching); the engine runs
+    the requests of a batch that use the same version as ONE left-padded batch and
     different versions (adapters) one group after another. Streaming requests ride in the
     same batches; their tokens leave the generating thread through an asyncio queue."""
 
@@ -134,7 +135,8 @@ class ModelServer:
         self.registry = registry
         self.max_batch = max_batch_size
         self.batch_wait_s = batch_wait_timeout_s
-        self._queue: asyncio.Queue | None = None  # (job, future) waiting for the next batch
+        self._pending: collections.deque | None = None  # (job, future) waiting for the next batch
+        self._plock: threading.Lock | None = None  # the generating thread takes joiners from _pending
         self._arrived: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
         self._last_end = 0.0
@@ -152,13 +154,14 @@ class ModelServer:
 
     async def _batch(self, job) -> tuple:
         """Queue one prepared request for the next batch: ("ok", result) | ("error", exc)."""
-        if self._queue is None:
-            self._queue, self._arrived = asyncio.Queue(), asyncio.Event()
+        if self._pending is None:
+            self._pending, self._arrived, self._plock = collections.deque(), asyncio.Event(), threading.Lock()
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._inflight += 1
         self._peak = max(self._peak, self._inflight)
-        self._queue.put_nowait((job, fut))
+        with self._plock:
+            self._pending.append((job, fut))
         self._arrived.set()
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.ensure_future(self._batch_loop())
@@ -176,44 +179,82 @@ class ModelServer:
         last batch began, the next batch also waits, at most ``batch_wait_s`` from the last batch's
         end, until n are queued (the clients just answered coming back: the wait ends as soon as
         they are), which also merges client groups that fell out of phase; a lone client never
-        waits."""
+        waits.
+
+        While a batch runs on the transformers engine, requests that arrive join it at the next
+        decode step (continuous batching, ``Engine.run_batch``'s ``take``) as long as it has
+        fewer than ``max_batch`` rows and the oldest waiting request is for the same version and
+        sampling setting; each caller gets its answer when its own row ends."""
         loop = asyncio.get_running_loop()
-        q = self._queue
+        pending, lock = self._pending, self._plock
+        continuous = getattr(self.engine, "continuous", False)
         while True:
-            items = [await q.get()]
+            while not pending:
+                self._arrived.clear()
+                if not pending:
+                    await self._arrived.wait()
             # clients were this many at once since the last batch began: wait (from its end) until as
             # many requests are queued; a lone client (peak 1) never waits
             want = min(self.max_batch, max(1, self._peak))
             deadline = self._last_end + (self.batch_wait_s if want > 1 else 0.0)
             while True:
-                self._arrived.clear()  # before draining: an arrival after the drain wakes the wait
-                while len(items) < self.max_batch and not q.empty():
-                    items.append(q.get_nowait())
+                self._arrived.clear()  # before counting: an arrival after the count wakes the wait
                 left = deadline - loop.time()
-                if len(items) >= want or left <= 0:
+                if len(pending) >= want or left <= 0:
                     break
                 try:
                     await asyncio.wait_for(self._arrived.wait(), left)
                 except asyncio.TimeoutError:
-                    pass  # drained once more above, then left <= 0 ends the wait
+                    pass
+            with lock:
+                items = [pending.popleft() for _ in range(min(len(pending), self.max_batch))]
             items = [(j, f) for j, f in items if not f.done()]  # callers gone while waiting
             if not items:
                 continue
             jobs = [j for j, _ in items]
+            running = {id(j): (j, f) for j, f in items}  # this batch's jobs, plus those that join it
             self._peak = self._inflight  # this batch and whatever queued behind it
+
+            def settle(f, r) -> None:
+                if not f.done():
+                    f.set_result(("error", r) if isinstance(r, BaseException) else ("ok", r))
+
+            def done(j, r) -> None:  # the generating thread: this row ended
+                if isinstance(r, BaseException) and j.on_event is not None:
+                    j.on_event("error", r)
+                loop.call_soon_threadsafe(settle, running[id(j)][1], r)
+
+            def take(key, n: int) -> list:  # the generating thread, between decode steps
+                out = []
+                with lock:
+                    while pending and len(out) < n:
+                        j, f = pending[0]
+                        if f.done():  # caller gone
+                            pending.popleft()
+                            continue
+                        if j.group_key(0) != key:  # the oldest waiting request needs another batch
+                            break
+                        pending.popleft()
+                        running[id(j)] = (j, f)
+                        out.append(j)
+                return out
+
             try:
-                out = await asyncio.to_thread(self.engine.run_batch, jobs)
+                if continuous:
+                    out = await asyncio.to_thread(self.engine.run_batch, jobs, take, done, self.max_batch)
+                else:
+                    out = await asyncio.to_thread(self.engine.run_batch, jobs)
             except Exception as e:  # the engine failed as a whole: every request of the batch gets it
                 out = [e] * len(jobs)
+                for j, f in running.values():
+                    if not f.done() and j.on_event is not None:
+                        j.on_event("error", e)
+                    settle(f, e)
             self._last_end = loop.time()
             for (j, f), r in zip(items, out):
-                if isinstance(r, BaseException):
-                    if j.on_event is not None:
-                        j.on_event("error", r)
-                    if not f.done():
-                        f.set_result(("error", r))
-                elif not f.done():
-                    f.set_result(("ok", r))
+                if isinstance(r, BaseException) and not f.done() and j.on_event is not None and not continuous:
+                    j.on_event("error", r)
+                settle(f, r)
 
     @staticmethod
     def _error(mid: str, e: BaseException) -> dict:

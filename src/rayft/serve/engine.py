@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import inspect
 import itertools
 import os
 import re
@@ -255,24 +256,203 @@ class Engine:
             raise out
         return out
 
-    def run_batch(self, jobs: list[Job]) -> list[dict | BaseException]:
+    # run_batch joins newly arrived requests into the running batch (``take``/``done``); the
+    # llama.cpp engine (one sequence per context) does not
+    continuous = True
+
+    def run_batch(self, jobs: list[Job], take=None, done=None, max_rows: int = 8) -> list[dict | BaseException]:
         """Generate for many requests; one result (or the exception that request got) per job,
         in order. Jobs for the same model version and sampling settings share ONE left-padded
-        ``generate`` call (one forward pass per step for all of them); different versions
-        (adapters) run one group after another, since ``set_adapter`` is global. Seeded
-        sampling runs alone (torch's RNG is process-global)."""
+        batch (one forward pass per step for all of them); different versions (adapters) run one
+        group after another, since ``set_adapter`` is global. Seeded sampling runs alone (torch's
+        RNG is process-global).
+
+        Continuous batching: with ``take(key, n)`` (up to n more prepared jobs whose
+        ``group_key`` is ``key``, or none) the group's decode loop admits new requests at every
+        step while it has fewer than ``max_rows`` rows: they are prefilled and their KV caches
+        joined to the running batch, so a request never waits for a whole batch to finish. Each
+        job (given or taken) is passed to ``done(job, result)`` as soon as its row ends. Models
+        whose cache is not a plain per-layer KV cache (sliding window, hybrid) fall back to one
+        ``generate`` per group without joining."""
         groups: dict[object, list[int]] = {}
         for i, j in enumerate(jobs):
             groups.setdefault(j.group_key(i), []).append(i)
         out: list[dict | BaseException | None] = [None] * len(jobs)
-        for idx in groups.values():
+        for key, idx in groups.items():
+            group = [jobs[i] for i in idx]
             try:
-                res = self._generate_group([jobs[i] for i in idx])
+                res = None
+                if take is not None and group[0].joinable():
+                    res = self._decode_group(group, key, take, done, max_rows)
+                if res is None:
+                    res = self._generate_group(group)
+                    if done is not None:
+                        for j, r in zip(group, res):
+                            done(j, r)
             except (EngineBusy, EngineError) as e:
                 res = [e] * len(idx)
+                if done is not None:
+                    for j in group:
+                        done(j, e)
             for i, r in zip(idx, res):
                 out[i] = r
         return out  # type: ignore[return-value]
+
+    @contextlib.contextmanager
+    def _model_for(self, h: Loaded, seeded: bool):
+        """The model to run ``h`` on, holding the gate for its version (alone when seeded)."""
+        with self._mu:
+            if h.adapter:
+                self._inflight[h.adapter] += 1
+        try:
+            if h.adapter:
+                if h.adapter not in self.peft.peft_config:  # evicted while this request waited
+                    with self._exclusive():
+                        self._drain()
+                        if h.adapter not in self.peft.peft_config:
+                            self._attach(h.adapter, str(h.local / "adapter"))
+                elif self._unload:  # opportunistic: only when the gate is free right now
+                    with contextlib.suppress(EngineBusy), self.gate.hold(object(), 0):
+                        self._drain()
+                model, key = self.peft, ("adapter", h.adapter)
+                enter = lambda: self.peft.set_adapter(h.adapter)  # noqa: E731
+            else:
+                model, key, enter = h.model, ("full", id(h.model)), None
+            # seeded sampling runs alone: torch's RNG is process-global
+            with self.gate.hold(object() if seeded else key, self.queue_timeout_s,
+                                on_enter=enter if not seeded else None):
+                if seeded and enter:
+                    enter()
+                yield model
+        finally:
+            if h.adapter:
+                with self._mu:
+                    self._inflight[h.adapter] -= 1
+
+    def _account(self, j: Job, res: dict, batch: int, first: bool) -> None:
+        cancelled = j.cancel.is_set() and not j.stop_hit and res["completion_tokens"] < j.req["max_tokens"] \
+            and not res.get("eos")
+        with self._mu:
+            self.stats["requests"] += 1
+            self.stats["generated_tokens"] += res["completion_tokens"]
+            self.stats["cancelled"] += cancelled
+            self.stats["batches"] += first
+            self.stats["max_batch"] = max(self.stats["max_batch"], batch)
+            self.recent.append({"completion_tokens": res["completion_tokens"], "cancelled": cancelled,
+                                "batch": batch, "max_tokens": j.req["max_tokens"]})
+
+    def _decode_group(self, jobs: list[Job], key, take, done, max_rows: int) -> list[dict] | None:
+        """Continuous batching for one version and sampling setting (see ``run_batch``); None
+        when this model's cache cannot be joined (the caller then uses ``generate``)."""
+        import torch
+
+        from transformers.cache_utils import DynamicLayer
+
+        h, req = jobs[0].h, jobs[0].req
+        tok = h.tok
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        cfg = getattr(h.model if h.model is not None else self.base, "config", None)
+        types = getattr(cfg, "layer_types", None) or []
+        if getattr(cfg, "use_sliding_window", False) or any(t != "full_attention" for t in types):
+            return None
+        sample = req["temperature"] > 0
+        if sample:
+            from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+            warp = [TemperatureLogitsWarper(req["temperature"])] + \
+                ([TopPLogitsWarper(req["top_p"])] if req["top_p"] < 1 else [])
+
+        def pick(logits):  # [B, vocab] -> [B]
+            if not sample:
+                return logits.argmax(-1)
+            for w in warp:
+                logits = w(None, logits)
+            return torch.multinomial(torch.softmax(logits, -1), 1)[:, 0]
+
+        results: dict[int, dict] = {}
+        rows: list[Job] = []
+        gen: list[list[int]] = []
+        peak: list[int] = []
+        cache = mask = last = None
+        pending, first = list(jobs), True
+        base = h.model if h.model is not None else self.base
+        ckw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"  # 5.x renamed it
+        with self._model_for(h, seeded=False) as model, torch.no_grad():
+            while pending or rows:
+                if pending:  # prefill the newcomers, then join their caches to the running batch
+                    width = max(len(j.ids) for j in pending)
+                    ids = torch.tensor([[pad] * (width - len(j.ids)) + j.ids for j in pending], dtype=torch.long)
+                    m = torch.tensor([[0] * (width - len(j.ids)) + [1] * len(j.ids) for j in pending],
+                                     dtype=torch.long)
+                    ids, m = ids.to(self.device), m.to(self.device)
+                    out = model(input_ids=ids, attention_mask=m, position_ids=(m.cumsum(-1) - 1).clamp(min=0),
+                                use_cache=True, logits_to_keep=1)
+                    new = getattr(out, "cache", None) or out.past_key_values
+                    if any(type(layer) is not DynamicLayer for layer in new.layers):
+                        if rows:  # cannot happen for a model that passed the check above
+                            raise RuntimeError("the KV cache changed type during a batch")
+                        return None
+                    toks = pick(out.logits[:, -1].float())
+                    if cache is None:
+                        cache, mask = new, m
+                    else:
+                        L, n = mask.shape[1], m.shape[1]
+                        w = max(L, n)
+                        fpad = torch.nn.functional.pad
+                        for a, b in zip(cache.layers, new.layers):
+                            a.keys = torch.cat([fpad(a.keys, (0, 0, w - L, 0)), fpad(b.keys, (0, 0, w - n, 0))])
+                            a.values = torch.cat([fpad(a.values, (0, 0, w - L, 0)),
+                                                  fpad(b.values, (0, 0, w - n, 0))])
+                        mask = torch.cat([fpad(mask, (w - L, 0)), fpad(m, (w - n, 0))])
+                    last = toks if last is None else torch.cat([last, toks])
+                    rows += pending
+                    gen += [[] for _ in pending]
+                    peak += [0] * len(pending)
+                    step_rows = list(range(len(rows) - len(pending), len(rows)))
+                    pending = []
+                else:  # one decode step for every row
+                    mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
+                    out = model(input_ids=last[:, None], attention_mask=mask,
+                                position_ids=mask.sum(1, keepdim=True) - 1, use_cache=True, logits_to_keep=1,
+                                **{ckw: cache})
+                    cache = getattr(out, "cache", None) or out.past_key_values
+                    last = pick(out.logits[:, -1].float())
+                    step_rows = list(range(len(rows)))
+                toks = last.tolist()
+                ended = []
+                for r in step_rows:
+                    j, t = rows[r], int(toks[r])
+                    peak[r] = max(peak[r], len(rows))
+                    if not j.cancel.is_set():
+                        gen[r].append(t)
+                        if j.on_event:
+                            j.push(t, tok)
+                    if j.cancel.is_set() or t == tok.eos_token_id or len(gen[r]) >= j.req["max_tokens"]:
+                        ended.append(r)
+                for r in ended:
+                    j = rows[r]
+                    res = j.result(gen[r], tok)
+                    self._account(j, res, peak[r], first)
+                    first = False
+                    j.finish(res)
+                    results[id(j)] = res
+                    if done is not None:
+                        done(j, res)
+                if ended:  # drop finished rows, then the padding columns no row needs any more
+                    keep = [r for r in range(len(rows)) if r not in set(ended)]
+                    rows, gen, peak = [rows[r] for r in keep], [gen[r] for r in keep], [peak[r] for r in keep]
+                    if rows:
+                        idx = torch.tensor(keep, device=mask.device)
+                        mask, last = mask[idx], last[idx]
+                        lead = int((mask.sum(0) == 0).long().cumprod(0).sum())
+                        mask = mask[:, lead:]
+                        for layer in cache.layers:
+                            layer.keys, layer.values = layer.keys[idx, :, lead:], layer.values[idx, :, lead:]
+                    else:
+                        cache = mask = last = None
+                if len(rows) < max_rows:
+                    pending = list(take(key, max_rows - len(rows)) or [])
+        return [results[id(j)] for j in jobs]
 
     def _generate_group(self, jobs: list[Job]) -> list[dict]:
         import torch
@@ -309,49 +489,15 @@ class Engine:
         if any(j.on_event for j in jobs):
             kw["streamer"] = _RowStreamer(jobs, tok)
         seeded = sample and req.get("seed") is not None
-        with self._mu:
-            if h.adapter:
-                self._inflight[h.adapter] += 1
-        try:
-            if h.adapter:
-                if h.adapter not in self.peft.peft_config:  # evicted while this request waited
-                    with self._exclusive():
-                        self._drain()
-                        if h.adapter not in self.peft.peft_config:
-                            self._attach(h.adapter, str(h.local / "adapter"))
-                elif self._unload:  # opportunistic: only when the gate is free right now
-                    with contextlib.suppress(EngineBusy), self.gate.hold(object(), 0):
-                        self._drain()
-                model, key = self.peft, ("adapter", h.adapter)
-                enter = lambda: self.peft.set_adapter(h.adapter)  # noqa: E731
-            else:
-                model, key, enter = h.model, ("full", id(h.model)), None
-            # seeded sampling runs alone: torch's RNG is process-global
-            with self.gate.hold(object() if seeded else key, self.queue_timeout_s,
-                                on_enter=enter if not seeded else None):
-                if seeded:
-                    if enter:
-                        enter()
-                    torch.manual_seed(req["seed"])
-                with torch.no_grad():
-                    out = model.generate(input_ids=input_ids, **kw)
-        finally:
-            if h.adapter:
-                with self._mu:
-                    self._inflight[h.adapter] -= 1
+        with self._model_for(h, seeded) as model:
+            if seeded:
+                torch.manual_seed(req["seed"])
+            with torch.no_grad():
+                out = model.generate(input_ids=input_ids, **kw)
         results = []
         for row, j in zip(out[:, width:].tolist(), jobs):
             res = j.result(row, tok)
-            cancelled = j.cancel.is_set() and not j.stop_hit and res["completion_tokens"] < j.req["max_tokens"] \
-                and not res.get("eos")
-            with self._mu:
-                self.stats["requests"] += 1
-                self.stats["generated_tokens"] += res["completion_tokens"]
-                self.stats["cancelled"] += cancelled
-                self.stats["batches"] += j is jobs[0]
-                self.stats["max_batch"] = max(self.stats["max_batch"], len(jobs))
-                self.recent.append({"completion_tokens": res["completion_tokens"], "cancelled": cancelled,
-                                    "batch": len(jobs), "max_tokens": j.req["max_tokens"]})
+            self._account(j, res, len(jobs), j is jobs[0])
             j.finish(res)
             results.append(res)
         return results
@@ -385,6 +531,11 @@ class Job:
         self.sent = ""
         self.done = self.ended = self.stop_hit = False
         self.ended_at: int | None = None
+
+    def joinable(self) -> bool:
+        """Whether this request may share a continuously batched decode loop (not seeded
+        sampling: torch's RNG is process-global, so a seeded request runs alone)."""
+        return self.req["temperature"] <= 0 or self.req.get("seed") is None
 
     def group_key(self, i: int) -> tuple:
         r = self.req

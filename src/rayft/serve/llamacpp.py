@@ -49,6 +49,8 @@ class LlamaLoaded:
 
 
 class LlamaCppEngine(Engine):
+    continuous = False  # a llama.cpp context holds one sequence: no joining a running batch
+
     def __init__(self, base: dict | None, threads: int = 1, max_prompt_tokens: int = 0,
                  queue_timeout_s: float = 30.0, gguf_type: str = "f16", n_ctx: int = 0, source: str = ""):
         import llama_cpp  # noqa: F401  (fail at replica start, not at the first request)
