@@ -67,12 +67,12 @@ class ServeConfig(Section):
     torch_threads: int = opt(0, "torch (engine=llamacpp: llama.cpp) threads per model replica (0: from num_cpus)", ge=0)
     max_ongoing_requests: int = opt(32, "concurrent requests per replica before Serve queues them", ge=1)
     max_batch_size: int = opt(8, "most concurrent requests a model replica generates in one batch (one "
-                              "forward pass per token for all of them; 1 = no batching)", ge=1)
+                              "forward pass per token for all of them; on the transformers engine new requests "
+                              "join a running batch at the next token: continuous batching; 1 = no batching)", ge=1)
     batch_wait_timeout_s: float = opt(0.1, "when n > 1 requests were in a replica at once since its last batch began, "
                                       "how long (from the last batch's end) it waits for n to queue before it "
-                                      "starts the next batch (a batch runs to its end: the clients it answered "
-                                      "come back over tens of ms, and without a wait they fragment into batches "
-                                      "of 1-2). The wait ends as soon as they are queued; a lone client never "
+                                      "starts a new batch (clients answered together come back over tens of ms). "
+                                      "The wait ends as soon as they are queued; a lone client never "
                                       "waits; 0 = never wait", ge=0, le=10)
     alias_refresh_s: float = opt(1.0, "how often the gateway re-reads the registry aliases (hot swap delay)", gt=0)
     max_tokens_default: int = opt(64, "max_tokens when a request does not set it", ge=1)

@@ -2,18 +2,20 @@
 owns one Engine.
 
 Concurrency (``ModelGate``): the adapters live inside ONE peft model and ``set_adapter`` is
-global state, so two requests must not generate at once with DIFFERENT adapters. Requests
-for the SAME version (the usual case: all traffic on the champion) generate concurrently,
-each in its own thread with its own KV cache, so one long request does not hold up the
-others. A request for another version waits until the running ones finish, at most
-``queue_timeout_s``; then it gets ``EngineBusy`` (HTTP 503 with Retry-After) instead of an
-unbounded wait. Attaching/deleting adapters and seeded sampling (``torch.manual_seed`` is
-process-global) run alone. Every generation is bounded: prompts longer than
-``max_prompt_tokens`` (default: the model's context length minus ``max_tokens``) are
-refused before generation (HTTP 400), and ``max_tokens`` is capped by the serve config.
-We chose this over a per-token interleaving loop because it keeps transformers'
-``generate`` (no hand-written decoding loop) and over per-request peft ``adapter_names``
-because those install forward hooks on shared modules, which is not thread-safe.
+global state, so two requests must not generate at once with DIFFERENT adapters. The replica
+hands the engine batches (``run_batch``); requests for the same version and sampling setting
+run as one left-padded batch, and on this engine the batch is continuous: requests that arrive
+while it runs are prefilled and join it at the next decode step (``_decode_group``, a short
+loop over the model's forward with transformers' ``DynamicCache``; transformers' own
+``ContinuousBatchingManager`` targets GPUs and measured ~100x slower on this CPU). A request
+for another version waits until the running ones finish, at most ``queue_timeout_s``; then it
+gets ``EngineBusy`` (HTTP 503 with Retry-After) instead of an unbounded wait. Attaching/deleting
+adapters and seeded sampling (``torch.manual_seed`` is process-global) run alone, seeded
+sampling through ``generate``. Every generation is bounded: prompts longer than
+``max_prompt_tokens`` (default: the model's context length minus ``max_tokens``) are refused
+before generation (HTTP 400), and ``max_tokens`` is capped by the serve config. Different
+adapters run one after another rather than per-row peft ``adapter_names``, because those install
+forward hooks on shared modules, which is not thread-safe.
 
 Why deferred unloads: Serve's multiplexing LRU calls a model's ``__del__`` when it evicts
 it, possibly while another request is generating, and Python's GC may call it again
