@@ -548,14 +548,17 @@ def suite(engine: str, args, uri: str, v1: str, v2: str, port: int, key: str) ->
         # where the overhead goes (issue 20 item 4): same engine call, three ways in
         n = max(10, args.requests // 4)
         inproc = summary(*base.run(n))
-        direct = handle_direct(cfg.app_name, v1, n, args.max_tokens)
         seq_lat, seq_wall, _ = http_load(url, key, n, 1, args.max_tokens)
         served = summary(seq_lat, seq_wall)
-        out["overhead_breakdown"] = {
-            "in_process": inproc, "handle_direct": direct, "served_sequential": served,
-            "handle_hop_and_replica_ms_p50": direct["p50_ms"] - inproc["p50_ms"],
-            "http_proxy_gateway_ms_p50": served["p50_ms"] - direct["p50_ms"],
-            "gateway_only_404_ms_p50": out["gateway_only"]["p50_ms"]}
+        out["overhead_breakdown"] = {"in_process": inproc, "served_sequential": served,
+                                     "gateway_only_404_ms_p50": out["gateway_only"]["p50_ms"]}
+        try:  # topology=split only: a model deployment to call past the proxy and gateway
+            direct = handle_direct(cfg.app_name, v1, n, args.max_tokens)
+            out["overhead_breakdown"].update({
+                "handle_direct": direct, "handle_hop_and_replica_ms_p50": direct["p50_ms"] - inproc["p50_ms"],
+                "http_proxy_gateway_ms_p50": served["p50_ms"] - direct["p50_ms"]})
+        except KeyError:  # topology=single (the default for one base): no model deployment of its own
+            out["overhead_breakdown"]["handle_direct"] = "n/a: topology single (see --topologies)"
         out["overhead_ms_mean"] = out["served_sequential"]["mean_ms"] - out["in_process"]["mean_ms"]
         print(json.dumps({k: out[k] for k in ("in_process", "served_sequential", "served_concurrent")}),
               file=sys.stderr)
