@@ -179,7 +179,6 @@ def test_continuous_engine_requests_join_the_running_batch_and_answer_when_their
     s.engine = ContinuousEngine(steps=10)  # a row: 10 steps x 10 ms
 
     async def main():
-        t0 = time.monotonic()
         first = asyncio.ensure_future(s._batch(KeyedJob(0)))
         await asyncio.sleep(STEP_S)  # the batch is about half-way through row 0
         late = [asyncio.ensure_future(s._batch(KeyedJob(i))) for i in (1, 2, 3)]
