@@ -332,6 +332,7 @@ class Engine:
                     self._inflight[h.adapter] -= 1
 
     def _account(self, j: Job, res: dict, batch: int, first: bool) -> None:
+        """Count one finished request in the engine counters (both engines)."""
         cancelled = j.cancel.is_set() and not j.stop_hit and res["completion_tokens"] < j.req["max_tokens"] \
             and not res.get("eos")
         with self._mu:
@@ -353,7 +354,8 @@ class Engine:
         h, req = jobs[0].h, jobs[0].req
         tok = h.tok
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        cfg = getattr(h.model if h.model is not None else self.base, "config", None)
+        base = h.model if h.model is not None else self.base
+        cfg = getattr(base, "config", None)
         types = getattr(cfg, "layer_types", None) or []
         if getattr(cfg, "use_sliding_window", False) or any(t != "full_attention" for t in types):
             return None
@@ -377,7 +379,6 @@ class Engine:
         peak: list[int] = []
         cache = mask = last = None
         pending, first = list(jobs), True
-        base = h.model if h.model is not None else self.base
         ckw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"  # 5.x renamed it
         with self._model_for(h, seeded=False) as model, torch.no_grad():
             while pending or rows:
@@ -441,7 +442,8 @@ class Engine:
                     if done is not None:
                         done(j, res)
                 if ended:  # drop finished rows, then the padding columns no row needs any more
-                    keep = [r for r in range(len(rows)) if r not in set(ended)]
+                    gone = set(ended)
+                    keep = [r for r in range(len(rows)) if r not in gone]
                     rows, gen, peak = [rows[r] for r in keep], [gen[r] for r in keep], [peak[r] for r in keep]
                     if rows:
                         idx = torch.tensor(keep, device=mask.device)

@@ -134,15 +134,6 @@ class LlamaCppEngine(Engine):
                 finally:
                     gen.close()
         res = j.result(tokens, tok)
-        cancelled = j.cancel.is_set() and not j.stop_hit and res["completion_tokens"] < req["max_tokens"] \
-            and not res.get("eos")
-        with self._mu:
-            self.stats["requests"] += 1
-            self.stats["generated_tokens"] += res["completion_tokens"]
-            self.stats["cancelled"] += cancelled
-            self.stats["batches"] += first
-            self.stats["max_batch"] = max(self.stats["max_batch"], batch)
-            self.recent.append({"completion_tokens": res["completion_tokens"], "cancelled": cancelled,
-                                "batch": batch, "max_tokens": req["max_tokens"]})
+        self._account(j, res, batch, first)
         j.finish(res)
         return res
