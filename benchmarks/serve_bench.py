@@ -35,6 +35,7 @@ without aliases. Prints one JSON document; the numbers go to benchmarks/RESULTS.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -288,8 +289,10 @@ def handle_direct(app_name: str, version: str, n: int, max_tokens: int) -> dict:
     return summary(lat, time.perf_counter() - t0)
 
 
-def timed_posts(url: str, n: int, status: int, body: dict | None = None, key: str = "", warm: int = 0) -> dict:
-    """n sequential POSTs from one session, each expected to answer ``status``; ``warm`` untimed first."""
+def posts(url: str, n: int, status: int, body: dict | None = None, key: str = "", warm: int = 0
+          ) -> tuple[list[float], float, int]:
+    """n sequential POSTs from one session, each expected to answer ``status``; ``warm`` untimed
+    first. (latencies s, wall s, 0 errors): a ``rounds`` path."""
     import requests
 
     s = requests.Session()
@@ -303,7 +306,51 @@ def timed_posts(url: str, n: int, status: int, body: dict | None = None, key: st
         t = time.perf_counter()
         assert s.post(url, json=body, timeout=60).status_code == status
         lat.append(time.perf_counter() - t)
-    return summary(lat, time.perf_counter() - t0)
+    return lat, time.perf_counter() - t0, 0
+
+
+def timed_posts(url: str, n: int, status: int, body: dict | None = None, key: str = "", warm: int = 0) -> dict:
+    lat, wall, _ = posts(url, n, status, body, key, warm)
+    return summary(lat, wall)
+
+
+class LocalModelServer:
+    """rayft's replica-side request path without Ray Serve: the ModelServer class (multiplexed
+    cache bypassed: it needs a replica), its batch loop, thread hop and continuous batching,
+    called from an asyncio loop in this process. Minus ``InProcess``, it is what our own
+    serving code costs per request."""
+
+    def __init__(self, uri: str, version: str, model: str, max_tokens: int, threads: int):
+        from rayft.models.spec import base_spec
+        from rayft.registry import Registry
+        from rayft.serve.app import ModelServer
+
+        self.srv = ModelServer.func_or_class(base_spec(model, 0), uri, threads, 0, 30.0, 8, 0.0,
+                                             {"kind": "transformers"})
+        m, local = Registry(uri, "en").fetch(version)
+        h = self.srv.engine.load(f"en/{version}", m, local)
+
+        async def get_model(_mid):
+            return h
+        self.srv.get_model = get_model
+        self.mid = f"en/{version}"
+        self.req = {"kind": "chat", "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0.0,
+                    "top_p": 1.0, "stop": [], "seed": None}
+        self.loop = asyncio.new_event_loop()
+        self.run(3)
+
+    def run(self, n: int) -> tuple[list[float], float, int]:
+        async def go():
+            lat = []
+            for _ in range(n):
+                t = time.perf_counter()
+                out = await self.srv.generate(dict(self.req), self.mid)
+                assert "error" not in out, out
+                lat.append(time.perf_counter() - t)
+            return lat
+        t0 = time.perf_counter()
+        lat = self.loop.run_until_complete(go())
+        return lat, time.perf_counter() - t0, 0
 
 
 def gateway_only(url: str, key: str, n: int) -> dict:
@@ -434,8 +481,11 @@ def redeploy_baseline(url: str, key: str, cfg, clients: int, max_tokens: int) ->
 
 def serve_floor():
     """Deploys Ray Serve's floor at /floor: an empty FastAPI route on a 0-CPU ingress replica (HTTP +
-    proxy + one hop, no rayft code). Returns a function timing n sequential POSTs to it."""
-    from fastapi import FastAPI
+    proxy + one hop, no rayft code), and /floor/body, which only reads the request body (Serve's
+    replica fetches a body from the proxy with one more actor call, which every chat request
+    pays). Returns url -> {name: fn(n) timing n sequential POSTs} for ``rounds`` (body_read posts
+    the chat request the gateway gets)."""
+    from fastapi import FastAPI, Request
     from ray import serve
 
     app = FastAPI()
@@ -447,9 +497,17 @@ def serve_floor():
         async def empty(self):
             return {}
 
-    serve.run(Empty.bind(), name="bench_floor", route_prefix="/floor")
+        async def body(self, request):
+            return {"bytes": len(await request.body())}
+        # the annotation as an object (this module's `from __future__ import annotations` would make
+        # it a string the replica cannot resolve), then the route
+        body.__annotations__["request"] = Request
+        app.post("/body")(body)
 
-    return lambda url, n: timed_posts(url + "/", n, 200, warm=10)
+    serve.run(Empty.bind(), name="bench_floor", route_prefix="/floor")
+    body = {"model": "en", "messages": PROMPT}
+    return lambda url: {"serve_floor_empty": lambda n: posts(url + "/", n, 200),
+                        "serve_floor_body_read": lambda n: posts(url + "/body", n, 200, body)}
 
 
 def topologies(args, uri: str, v1: str, port: int, key: str) -> dict:
@@ -486,19 +544,29 @@ def topologies(args, uri: str, v1: str, port: int, key: str) -> dict:
         for u in urls.values():
             http_load(u, key, 6, 1, args.max_tokens)  # warm: adapter loaded, connections open
         base.run(6)
+        local = LocalModelServer(uri, v1, args.model, args.max_tokens, args.threads)
         per = max(1, args.requests // args.rounds)
+        floors = floor(f"{root}/floor") if floor else {}
+        for fn in floors.values():
+            fn(10)  # warm
         out = rounds({"in_process": lambda b=base: (*b.run(per), 0),
-                      **{t: (lambda u=u: http_load(u, key, per, 1, args.max_tokens)) for t, u in urls.items()}},
+                      "model_server_no_serve": lambda: local.run(per),
+                      **{t: (lambda u=u: http_load(u, key, per, 1, args.max_tokens)) for t, u in urls.items()},
+                      **{k: (lambda fn=fn: fn(per)) for k, fn in floors.items()}},
                      args.rounds)
+        out["added_ms_p50_model_server_no_serve"] = out["model_server_no_serve"]["p50_ms"] - out["in_process"]["p50_ms"]
         n = max(10, args.requests // 4)
         if "split" in urls:
             out["split_handle_direct"] = handle_direct("bench_split", v1, n, args.max_tokens)
         out["gateway_only_404"] = {t: gateway_only(urls[t], key, n) for t in urls}
-        if floor:
-            out["serve_floor_empty_route"] = floor(f"{root}/floor", n)
         for t in urls:
             out[f"added_ms_p50_{t}"] = out[t]["p50_ms"] - out["in_process"]["p50_ms"]
             out[f"added_ms_mean_{t}"] = out[t]["mean_ms"] - out["in_process"]["mean_ms"]
+            if floor:  # what is ours: the added latency beyond Serve's own cost of a POST whose body is read
+                out[f"added_ms_p50_{t}_beyond_serve_floor"] = (out[f"added_ms_p50_{t}"]
+                                                               - out["serve_floor_body_read"]["p50_ms"])
+                out[f"gateway_404_ms_p50_{t}_beyond_serve_floor"] = (out["gateway_only_404"][t]["p50_ms"]
+                                                                     - out["serve_floor_body_read"]["p50_ms"])
         return out
     finally:
         serve.shutdown()

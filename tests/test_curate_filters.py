@@ -103,11 +103,24 @@ def test_language_routing_metadata_wins_then_detection():
     assert out["_reason"][3] == "language 'fr' not in language.keep ['en', 'zh']"
 
 
-def test_fast_language_detection_matches_records():
+def _language_per_char(text: str, threshold: float = 0.2) -> str:
+    """The rule spelled out one character at a time (str.isalpha letters, CJK ranges)."""
+    cjk = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0xF900, 0xFAFF), (0x3040, 0x30FF), (0xAC00, 0xD7AF))
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return "und"
+    n = sum(1 for c in letters if any(lo <= ord(c) <= hi for lo, hi in cjk))
+    return "zh" if n / len(letters) >= threshold else "en"
+
+
+def test_language_detection_matches_the_per_character_rule():
     g, r = PairGenerator(3), random.Random(1)
     texts = [g.text(r.choice(["en", "zh"]), 1, 2) + " " + g.text("en", 0, 1) for _ in range(500)]
-    texts += ["", "123 !!", "ab 中文", "ｶﾀｶﾅ", "한국어 text", "・・・ab", "Ⅷ abc 中", "ﾟ"]
-    assert [F.detect_language_fast(t) for t in texts] == [detect_language(t) for t in texts]
+    texts += ["", "123 !!", "ab 中文", "ｶﾀｶﾅ", "한국어 text", "・・・ab", "Ⅷ abc 中", "ﾟ", "²³ 中", "é中ab",
+              "a\u0301中文", "𠀀𠀁 abcdefgh", "ｱ ab", "中文" + "x" * 8, "中文" + "x" * 7]
+    got = [detect_language(t) for t in texts]
+    assert got == [_language_per_char(t) for t in texts]
+    assert got[-2:] == ["zh", "zh"] and detect_language("中" + "x" * 4) == "zh" and detect_language("中" + "x" * 5) == "en"
 
 
 def test_row_filters_keep_row_count_and_removed_rows_untouched():

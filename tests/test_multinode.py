@@ -4,6 +4,7 @@ workers on two nodes, and a node dying mid-run (tests/multinode.py, fixture ``mu
 Three TorchTrainer fits (~60-130 s each on 2 cores): two nodes clean, two nodes with one node
 removed after a registered checkpoint (a replacement joins; the group restarts from the
 checkpoint), and one 2-CPU node as the single-node reference (skipped: it hangs, see its reason).
+(``faulted_run`` takes config overrides; the same fault under ZeRO-3 hung here, see RESULTS.md.)
 """
 from __future__ import annotations
 
@@ -41,12 +42,12 @@ def fast_controller():
         yield
 
 
-def cfg(run_dir: Path, name: str) -> TrainConfig:
-    # the same recipe for every run here: only where the workers run differs
+def cfg(run_dir: Path, name: str, *overrides: str) -> TrainConfig:
+    # the same recipe for every run here: only where the workers run differs (and the strategy)
     return load(TrainConfig, REPO / "configs/tiny.yaml",
                 [f"run.dir={run_dir}", f"run.name={name}", f"data.path={SAMPLES}", "generate.prompt=",
                  f"train.max_steps={STEPS}", f"train.checkpoint_every={EVERY}", "train.log_every=5",
-                 "scaling.num_workers=2", "scaling.cpus_per_worker=1", "scaling.max_failures=2"])
+                 "scaling.num_workers=2", "scaling.cpus_per_worker=1", "scaling.max_failures=2", *overrides])
 
 
 def registered(run_dir: Path) -> list:
@@ -121,12 +122,12 @@ def test_two_workers_on_two_nodes(multinode, two_node_run):
     print(f"two-node run: {wall:.1f} s")
 
 
-def test_node_failure_resumes_from_checkpoint(multinode, two_node_run, tmp_path):
-    """Remove the node of rank 1 (its raylet, object store and workers) once checkpoint step 5 is registered; Ray Train
-    restarts the group, a replacement node joins (2 CPUs: the group fits on node_a + it, with a
-    CPU left over for Ray to rebuild lost data blocks), and the run ends at the fault-free loss."""
-    ref_out, _, _ = two_node_run
-    run_dir = tmp_path / "faulted"
+def faulted_run(multinode, ref_out: Path, run_root: Path, name: str, replacement: str, *overrides: str) -> Path:
+    """Remove the node of rank 1 (its raylet, object store and workers) once checkpoint step 5 is
+    registered; Ray Train restarts the group, a replacement node ``replacement`` joins (2 CPUs: the
+    group fits on the surviving node + it, with a CPU left over for Ray to rebuild lost data
+    blocks), and the run ends at the fault-free loss of ``ref_out``."""
+    run_dir = run_root / name
     watch = Placement(multinode, run_dir)
     watch.start()
     fault: dict = {}
@@ -137,11 +138,11 @@ def test_node_failure_resumes_from_checkpoint(multinode, two_node_run, tmp_path)
             wait_for(lambda: f"step_{EVERY:07d}" in registered(run_dir), 300, "checkpoint 5 registered")
             placed = wait_for(lambda: (lambda c: c if len(c) == 2 else None)(watch.current()), 30, "ranks placed")
             pid, node = placed[1]
-            assert node in ("node_a", "node_b"), node
+            assert node in multinode.nodes, node
             fault.update(node=node, pids={p for p, _ in placed.values()}, last_step=max(curve(run_dir)))
             multinode.remove(node, graceful=GRACEFUL)  # raylet, object store, its workers
             fault["removed_at"] = time.time()
-            multinode.add("node_c", cpus=2)  # the replacement machine joins
+            multinode.add(replacement, cpus=2)  # the replacement machine joins
             if not done.wait(60):  # stuck: say why in the log
                 print(f"[test] 60 s after the replacement joined: {mn_state()}", flush=True)
         except BaseException as e:  # reported by the test below
@@ -151,7 +152,7 @@ def test_node_failure_resumes_from_checkpoint(multinode, two_node_run, tmp_path)
     t.start()
     t0 = time.time()
     try:
-        out = Path(run_training(cfg(tmp_path, "faulted")))
+        out = Path(run_training(cfg(run_root, name, *overrides)))
     finally:
         done.set()
     wall = time.time() - t0
@@ -173,8 +174,15 @@ def test_node_failure_resumes_from_checkpoint(multinode, two_node_run, tmp_path)
     for step in ref:  # every logged step after the resume point too
         if step > resumed[0]["resumed_from"]:
             assert abs(got[step] - ref[step]) < 1e-4, (step, got[step], ref[step])
-    print(f"node-failure run: {wall:.1f} s, removed {fault['node']} after step {fault['last_step']}, "
+    print(f"{name} run: {wall:.1f} s, removed {fault['node']} after step {fault['last_step']}, "
           f"resumed from {resumed[0]['resumed_from']}, placement {watch.seen}")
+    return out
+
+
+def test_node_failure_resumes_from_checkpoint(multinode, two_node_run, tmp_path):
+    """DDP: the node of rank 1 dies after a registered checkpoint; the run ends at the fault-free loss."""
+    ref_out, _, _ = two_node_run
+    faulted_run(multinode, ref_out, tmp_path, "faulted", "node_c")
 
 
 @pytest.mark.skip(reason="hangs (issue 16): after node_a and node_b are removed, this run's Ray Data "

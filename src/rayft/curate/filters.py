@@ -16,7 +16,7 @@ import unicodedata
 
 import pyarrow as pa
 
-from ..data.records import PAIR_COLUMNS, PAIRS_SCHEMA, map_message_texts, message_texts
+from ..data.records import PAIR_COLUMNS, PAIRS_SCHEMA, detect_language, map_message_texts, message_texts
 from . import dedup as dd
 from .config import CurateConfig, LanguageCfg, LowValueCfg, NormalizeCfg, SecretsCfg
 from ..data.reader import Batch
@@ -285,24 +285,11 @@ def redact_record(record, cfg: SecretsCfg):
 _LANG_ALIASES = {"chinese": "zh", "cn": "zh", "zho": "zh", "chi": "zh", "english": "en", "eng": "en"}
 
 
-_NON_LETTER = re.compile(r"[\W\d_]+")
-_NON_CJK = re.compile("[^\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002a6df]+")
-
-
-def detect_language_fast(text: str, threshold: float = 0.2) -> str:
-    """records.detect_language's rule (CJK share of letters >= threshold -> 'zh') with two
-    regex passes instead of a per-character Python loop."""
-    letters = _NON_LETTER.sub("", text)
-    if not letters:
-        return "und"
-    return "zh" if len(_NON_CJK.sub("", letters)) / len(letters) >= threshold else "en"
-
-
 def canonical_language(code: str, text: str) -> str:
     code = (code or "").strip().lower().replace("_", "-").split("-")[0]
     code = _LANG_ALIASES.get(code, code)
     if not code or code == "und":
-        code = detect_language_fast(text)
+        code = detect_language(text)
     return code
 
 

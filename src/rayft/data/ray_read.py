@@ -1,8 +1,9 @@
 """Read pair files with Ray Data into the one Arrow schema (records.PAIRS_SCHEMA).
 
 The files are planned on the driver (``reader.plan_file``: byte ranges for big JSONL
-files, one task per JSON/Parquet file) and read and normalised by Ray Data tasks
-(``reader.read_task``), so a large dataset reads on every core of the cluster. Each
+files, one task per JSON/Parquet file) and read and normalised by Ray tasks
+(``reader.read_task``) whose Arrow tables become a materialized Ray Dataset
+(``ray.data.from_arrow_refs``), so a large dataset reads on every core of the cluster. Each
 task returns every record it read as one Arrow row: the kept ones and the rejects (file,
 line, reason, raw record) together, so nothing is dropped: rows read = kept + rejected.
 
@@ -19,6 +20,7 @@ checked before this runs, on the driver and without Ray (``formats.check_pairs``
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -47,21 +49,14 @@ WORK_SCHEMA = pa.schema(list(PAIRS_SCHEMA) + [
 ])
 
 
-def _read_block(batch: pa.Table, language: str = "", split: str = "train", val_fraction: float = 0.0,
-                salt: str = "") -> pa.Table:
-    """Ray Data map_batches: planned tasks (one row each) -> every record they read, as WORK_SCHEMA.
-
-    ``split``: "train" / "val" (every kept row on that side) or "hash" (``records.split_u`` of
-    the content hash < ``val_fraction``: validation, as ``records.split_of``)."""
-    out = [_task_table(task, language, split, val_fraction, salt) for task in batch.to_pylist()]
-    return pa.concat_tables(out) if out else WORK_SCHEMA.empty_table()
-
-
 def _task_table(task: dict, language: str, split: str, val_fraction: float, salt: str) -> pa.Table:
+    """One planned task -> every record it read, as WORK_SCHEMA. ``split``: "train" / "val" (every
+    kept row on that side) or "hash" (``records.split_u`` of the content hash < ``val_fraction``:
+    validation, as ``records.split_of``)."""
     b = read_task(task)
     n = len(b["file"])
     kind = np.array([READ_REJECT if f == "read" else KEPT for f in b["_filter"]], np.int8)
-    reason, raw = list(b["_reason"]), [r if k else "" for r, k in zip(b["_raw"], kind)]
+    reason = list(b["_reason"])  # _raw: the read task (raw="rejects") filled it on read rejects only
     if language:
         for i, lang in enumerate(b["language"]):
             if kind[i] == KEPT and lang != language:
@@ -80,7 +75,7 @@ def _task_table(task: dict, language: str, split: str, val_fraction: float, salt
         m = keep & (val == side)
         rank[m] = np.arange(int(m.sum()), dtype=np.int64)
     cols = [pa.array(b[f.name], f.type) for f in PAIRS_SCHEMA]
-    cols += [pa.array(reason, pa.string()), pa.array(raw, pa.string()), pa.array(kind, pa.int8()),
+    cols += [pa.array(reason, pa.string()), pa.array(b["_raw"], pa.string()), pa.array(kind, pa.int8()),
              pa.array(val & keep, pa.bool_()), pa.array(u, pa.float64()),
              pa.array(np.full(n, task["_task"], np.int64)), pa.array(rank),
              pa.array((np.int64(task["_task"]) << 32) + np.arange(n, dtype=np.int64))]
@@ -119,6 +114,17 @@ def _summary(batch: pa.Table) -> pa.Table:
 
 def _kept(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.equal(batch["_kind"], KEPT)).select([*PAIR_COLUMNS, "_ord"])
+
+
+@functools.cache
+def _read_remote():
+    import ray
+
+    @ray.remote(num_cpus=0.5, num_returns=2)
+    def read_one(task: dict, **kw) -> tuple[pa.Table, pa.Table]:
+        t = _task_table(task, **kw)
+        return t, _summary(t)
+    return read_one
 
 
 def _collect(ds, fn, **fn_kwargs) -> pa.Table | None:
@@ -196,10 +202,8 @@ class DsRead:
         return t.sort_by("_ord").select(PAIR_COLUMNS).to_pylist()
 
 
-def auto_chunk_bytes(paths) -> int:
-    """Byte ranges small enough that the JSONL files read (and later tokenize) as several
-    tasks per core, large enough that per-task overhead stays small."""
-    total = sum(os.path.getsize(p) for p in paths if p.endswith(".jsonl") and os.path.isfile(p))
+def _cluster_cpus() -> int:
+    """The Ray cluster's CPUs (this machine's cores when Ray is not running or says nothing)."""
     cpus = os.cpu_count() or 1
     try:
         import ray
@@ -207,7 +211,14 @@ def auto_chunk_bytes(paths) -> int:
             cpus = int(ray.cluster_resources().get("CPU", cpus)) or cpus
     except Exception:  # noqa: BLE001 - the local core count is a fine fallback
         pass
-    return int(min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, total // (4 * cpus))))
+    return max(1, cpus)
+
+
+def auto_chunk_bytes(paths) -> int:
+    """Byte ranges small enough that the JSONL files read (and later tokenize) as several
+    tasks per core, large enough that per-task overhead stays small."""
+    total = sum(os.path.getsize(p) for p in paths if p.endswith(".jsonl") and os.path.isfile(p))
+    return int(min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, total // (4 * _cluster_cpus()))))
 
 
 def read_ds(spec: str | list[str], fmt: str = "auto", chunk_bytes: int | None = None,
@@ -223,15 +234,30 @@ def read_ds(spec: str | list[str], fmt: str = "auto", chunk_bytes: int | None = 
     chunk = chunk_bytes or auto_chunk_bytes(formats)
     # a file's format is fixed from its first valid row (what check_pairs found), so
     # every byte range of a big JSONL file normalises the same way
-    tasks = [dict(t, fmt=formats[p], defer_language=False)
+    tasks = [dict(t, fmt=formats[p], defer_language=False, raw="rejects")  # _task_table relies on raw
              for p in formats for t in plan_file(p, formats[p], chunk, columns=columns)]
     for i, t in enumerate(tasks):
         t["_task"] = i
-    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-    ds = ds.map_batches(_read_block, fn_kwargs=dict(language=language, split=split, val_fraction=val_fraction,
-                                                    salt=salt),
-                        batch_size=1, batch_format="pyarrow", num_cpus=0.5).materialize()
-    summary = _collect(ds, _summary)  # counts and rejects: the only data the driver receives
+    # One Ray task per planned task returns its rows (WORK_SCHEMA) and their summary (counts +
+    # rejects); the rows become a materialized Dataset (ray.data.from_arrow_refs) that every later
+    # step maps with Ray Data. Plain tasks, not Ray Data's executor, for the read itself: a
+    # map_batches read plus a second pass for the summary cost ~2 s more than this on 2 cores
+    # (benchmarks/read_bench.py, RESULTS.md). Half a CPU per task (fits beside replicas/actors
+    # holding whole CPUs), but no more at once than the cluster has CPUs (4 on 2 cores: 1.5x the
+    # wall time of 2).
+    kw = dict(language=language, split=split, val_fraction=val_fraction, salt=salt)
+    work, sums, running = [], [], []
+    window, remote = _cluster_cpus(), _read_remote()
+    for t in tasks:
+        if len(running) >= window:
+            _done, running = ray.wait(running, num_returns=1)
+        w, sm = remote.remote(t, **kw)
+        work.append(w)
+        sums.append(sm)
+        running.append(sm)
+    parts = [t for t in ray.get(sums) if t.num_rows]
+    ds = ray.data.from_arrow_refs(work)
+    summary = pa.concat_tables(parts) if parts else None  # counts and rejects: all the driver receives
     if summary is None:
         counts, rejects = _counts(WORK_SCHEMA.empty_table()), None
     else:

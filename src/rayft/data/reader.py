@@ -96,7 +96,8 @@ def _count_newlines(f, start: int, end: int) -> int:
 
 
 def _iter_task(task: dict):
-    """(line, record or raw text, raw text, error) for every record of a task."""
+    """(line, record or raw text, raw text or None, error) for every record of a task (None: a
+    JSON/Parquet record, whose text ``_raw_text`` makes when it is needed)."""
     path = task["path"]
     if task["end"] >= 0:  # JSONL byte range
         with open(path, "rb") as f:
@@ -119,8 +120,7 @@ def _iter_task(task: dict):
                 yield i, text, text, "malformed JSON: nested too deeply"
         return
     for line, rec, err in iter_raw_records(path):
-        raw = rec if isinstance(rec, str) else json.dumps(rec, ensure_ascii=False, default=str)
-        yield line, rec, raw, err
+        yield line, rec, None, err  # raw text: made by read_task only where it is kept (_raw_text)
 
 
 def _defer_language(rec: Any) -> Any:
@@ -134,16 +134,28 @@ def _defer_language(rec: Any) -> Any:
     return dict(rec, language="und")
 
 
+def _raw_text(rec: Any) -> str:
+    return rec if isinstance(rec, str) else json.dumps(rec, ensure_ascii=False, default=str)
+
+
 def read_task(task: dict) -> Batch:
-    """Read one task into a column batch; bad records become ``_filter="read"`` rows."""
+    """Read one task into a column batch; bad records become ``_filter="read"`` rows.
+
+    ``task["raw"]``: "all" (default: every row's ``_raw``, curate's later filters reject rows
+    with their record) or "rejects" (``_raw`` only on rows rejected here, "" on the others:
+    `rayft train`'s read, which never needs a kept row's text, skips re-encoding every
+    JSON/Parquet record)."""
     out = empty_batch()
     fmt = None if task["fmt"] == "auto" else task["fmt"]
     golden = bool(task.get("golden"))
     defer = task.get("defer_language", True)  # curate detects language later, vectorised
+    raw_all = task.get("raw", "all") != "rejects"
 
-    def add(row: dict, raw: str, err: str | None) -> None:
+    def add(row: dict, raw: str | None, err: str | None, rec: Any = None) -> None:
         for c in PAIR_COLUMNS:
             out[c].append(row.get(c, "" if c != "line" else 0))
+        if raw is None:
+            raw = _raw_text(rec) if err or raw_all else ""
         out["_raw"].append(raw)
         out["_filter"].append("read" if err else "")
         out["_reason"].append(err or "")
@@ -152,8 +164,8 @@ def read_task(task: dict) -> Batch:
 
     columns = task.get("columns")
     try:
-        for line, rec, raw, err in _iter_task(task):
-            rec = map_columns(rec, columns)
+        for line, orig, raw, err in _iter_task(task):
+            rec = map_columns(orig, columns)
             if err is None and fmt is None:
                 fmt = detect_record_format(rec)
                 if fmt is None:
@@ -169,7 +181,7 @@ def read_task(task: dict) -> Batch:
                         err = str(e)
                     except (ValueError, TypeError, KeyError, AttributeError) as e:  # odd data, not a crash
                         err = f"cannot read record: {type(e).__name__}: {e}"
-            add(row, raw, err)
+            add(row, raw, err, orig)
     except OSError as e:
         add({"file": task["path"], "line": 0}, "", f"unreadable file: {e.strerror or e}")
     return out
