@@ -30,6 +30,7 @@ class MultiNode:
 
     cluster: object                        # ray.cluster_utils.Cluster
     nodes: dict = field(default_factory=dict)  # name -> ray._private.node.Node
+    keeper: object = None                  # concurrent.futures.ThreadPoolExecutor (see _keeper)
 
     @property
     def address(self) -> str:
@@ -43,22 +44,37 @@ class MultiNode:
         that handler is skipped (the cluster's shutdown stops the node's processes anyway)."""
         import threading
 
-        import ray._private.utils as ray_utils
-
         kw = dict(num_cpus=cpus, resources={name: 1}, node_ip_address=LOOPBACK,
                   object_store_memory=150 * 2**20, include_dashboard=False, wait=True)
         if threading.current_thread() is threading.main_thread():
             node = self.cluster.add_node(**kw)
         else:
-            real = ray_utils.set_sigterm_handler
-            ray_utils.set_sigterm_handler = lambda handler: None
-            try:
-                node = self.cluster.add_node(**kw)
-            finally:
-                ray_utils.set_sigterm_handler = real
+            node = self._keeper().submit(self._add_off_main, kw).result()
         self.nodes[name] = node
         self.wait_alive(timeout)
         return node
+
+    def _keeper(self):
+        """The one thread that starts nodes for callers off the main thread, alive until the
+        process exits. Ray starts a node's raylet and agents with prctl(PR_SET_PDEATHSIG,
+        SIGKILL), which fires when the *thread* that forked them ends: a node added from a test's
+        short-lived fault thread died with that thread (a replacement node vanished 60 s after it
+        joined, and the next run waited forever for its CPUs)."""
+        import concurrent.futures
+
+        if self.keeper is None:  # its idle worker thread blocks on the queue; never shut down
+            self.keeper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="multinode-keeper")
+        return self.keeper
+
+    def _add_off_main(self, kw: dict):
+        import ray._private.utils as ray_utils
+
+        real = ray_utils.set_sigterm_handler
+        ray_utils.set_sigterm_handler = lambda handler: None
+        try:
+            return self.cluster.add_node(**kw)
+        finally:
+            ray_utils.set_sigterm_handler = real
 
     def remove(self, name: str, graceful: bool = False) -> None:
         """Kill node ``name``'s raylet, object store and agents (SIGKILL unless ``graceful``): its

@@ -3,8 +3,10 @@ workers on two nodes, and a node dying mid-run (tests/multinode.py, fixture ``mu
 
 Three TorchTrainer fits (~60-130 s each on 2 cores): two nodes clean, two nodes with one node
 removed after a registered checkpoint (a replacement joins; the group restarts from the
-checkpoint), and one 2-CPU node as the single-node reference (skipped: it hangs, see its reason).
-(``faulted_run`` takes config overrides; the same fault under ZeRO-3 hung here, see RESULTS.md.)
+checkpoint), and one 2-CPU node as the single-node reference. The replacement node is started
+by tests/multinode.py's keeper thread: started from the short-lived fault thread it died with
+that thread (Ray's PR_SET_PDEATHSIG), which is what made the reference run and a ZeRO-3 fault
+run hang before.
 """
 from __future__ import annotations
 
@@ -185,9 +187,6 @@ def test_node_failure_resumes_from_checkpoint(multinode, two_node_run, tmp_path)
     faulted_run(multinode, ref_out, tmp_path, "faulted", "node_c")
 
 
-@pytest.mark.skip(reason="hangs (issue 16): after node_a and node_b are removed, this run's Ray Data "
-                         "read waits forever ('Attempting to recover 3 lost objects' on the driver) - "
-                         "objects the driver owns on the removed nodes; cause not isolated yet")
 def test_two_nodes_match_single_node(multinode, two_node_run, tmp_path):
     """The same run with both workers on ONE 2-CPU node: the two-node loss curve equals it."""
     ref_out, _, _ = two_node_run
