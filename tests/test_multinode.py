@@ -1,9 +1,9 @@
 """`rayft train` on a real multi-node Ray cluster on this machine (issue 16): DDP over gloo between
 workers on two nodes, and a node dying mid-run (tests/multinode.py, fixture ``multinode``).
 
-Three TorchTrainer fits (~60-130 s each on 2 cores): two nodes clean, two nodes with one node
+Four TorchTrainer fits (~60-130 s each on 2 cores): two nodes clean, two nodes with one node
 removed after a registered checkpoint (a replacement joins; the group restarts from the
-checkpoint), and one 2-CPU node as the single-node reference. The replacement node is started
+checkpoint), one 2-CPU node as the single-node reference, and the node fault again under ZeRO-3. The replacement node is started
 by tests/multinode.py's keeper thread: started from the short-lived fault thread it died with
 that thread (Ray's PR_SET_PDEATHSIG), which is what made the reference run and a ZeRO-3 fault
 run hang before.
@@ -207,3 +207,18 @@ def test_two_nodes_match_single_node(multinode, two_node_run, tmp_path):
     v_ref = [m["val_loss"] for m in metrics(ref_out) if "val_loss" in m]
     v_got = [m["val_loss"] for m in metrics(out) if "val_loss" in m]
     assert len(v_got) == len(v_ref) == 2 and all(abs(a - b) < 1e-4 for a, b in zip(v_got, v_ref))
+
+
+def test_zero3_node_failure_resumes_from_checkpoint(multinode, two_node_run, tmp_path):
+    """ZeRO-3 (parameters, gradients and AdamW moments sharded over the two ranks): rank 1's node
+    dies after a registered checkpoint; the group restarts on the survivor + a replacement from
+    the sharded checkpoint and ends at the fault-free loss (ZeRO-3 computes the same math as DDP
+    here, so the DDP two-node run is the reference)."""
+    for name in list(multinode.nodes):  # two fresh 1-CPU nodes: the ranks on different nodes again
+        multinode.remove(name, graceful=True)
+    multinode.add("node_d")
+    multinode.add("node_e")
+    ref_out, _, _ = two_node_run
+    out = faulted_run(multinode, ref_out, tmp_path, "zero3_faulted", "node_f", "train.strategy=zero3")
+    ck = out / "checkpoints" / f"step_{STEPS:07d}"
+    assert json.loads((ck / "state.json").read_text())["zero"]["stage"] == 3
