@@ -276,3 +276,14 @@ def test_help_lists_every_option(capsys):
     for key in ("data.path", "data.format", "model.name", "run.dir", "train.max_steps", "scaling.num_workers",
                 "scaling.cpus_per_worker", "lora.r", "train.grad_accum", "train.checkpoint_every"):
         assert key in h, key
+
+
+def test_no_validation_split_trains(ray_session, tmp_path):
+    """data.val_fraction=0 (no validation rows) is a valid setting: before, every worker died with
+    Ray Train v2's KeyError "Dataset shard for 'val' not found" (its get_dataset_shard raises for a
+    dataset the trainer was not given, where v1 returned None)."""
+    out = Path(run_training(cfg(tmp_path, "noval", "data.val_fraction=0", "train.max_steps=2",
+                                "scaling.num_workers=1")))
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["finished"] and rep["steps"] == 2 and rep["val_loss"] is None
+    assert (out / "adapter" / "adapter_model.safetensors").exists()

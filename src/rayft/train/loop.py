@@ -455,7 +455,10 @@ def _pull_shard(name: str) -> list[Row]:
     import ray.data
     import ray.train
 
-    shard = ray.train.get_dataset_shard(name)
+    try:
+        shard = ray.train.get_dataset_shard(name)
+    except KeyError:  # Ray Train v2: a dataset the trainer was not given (data.val_fraction=0: no "val")
+        shard = None
     ray.data.DataContext.get_current().enable_progress_bars = False  # one bar: the driver's
     if shard is None:
         return []
