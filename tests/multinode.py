@@ -108,6 +108,36 @@ class MultiNode:
             return None
         return None
 
+    def actor_nodes(self, class_part: str) -> dict:
+        """{pid: node name} of the live actors whose class name contains ``class_part`` (from the
+        GCS actor table: no dashboard needed); "?" for a node this object does not know."""
+        from ray._private.state import actors
+
+        names = {n.node_id: name for name, n in list(self.nodes.items())}
+        return {a["Pid"]: names.get(a["Address"]["NodeID"], "?") for a in actors().values()
+                if a.get("State") == "ALIVE" and class_part in (a.get("ActorClassName") or "")}
+
+
+class WatchedBar:
+    """A stage's own progress bar (rayft.progress.bar), wrapped for a fault thread: ``first`` is
+    set at the first update (results have reached the driver: the stage's Ray work is under
+    way), ``times["bar_end"]`` is when the bar closed (the work it counted had ended)."""
+
+    def __init__(self, inner, first, times: dict):
+        self.inner, self.first, self.times = inner, first, times
+
+    def __enter__(self):
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.times.setdefault("bar_end", time.time())
+        return self.inner.__exit__(*exc)
+
+    def update(self, n):
+        self.first.set()
+        self.inner.update(n)
+
 
 def state() -> dict:
     """Placement groups and free resources per node, for a test's failure message."""

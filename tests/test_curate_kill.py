@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
+from rayft.testing import curate_score as score
 from rayft.testing import pairs as synth
 
 pytestmark = pytest.mark.ray
@@ -46,15 +46,6 @@ def _run(inp, out, addr, job=False) -> str:
     return p.stdout.strip().splitlines()[-1]
 
 
-def _state(out: Path) -> tuple[list, list]:
-    """Every kept row and every reject line (lists, so duplicates would show), keyed by file name + line."""
-    kept = sorted((Path(r["file"]).name, r["line"], p.parent.name) for p in out.glob("*/*/part-*.parquet")
-                  for r in pq.read_table(p).select(["file", "line"]).to_pylist())
-    rej = sorted((Path(r["file"]).name, r["line"], r["filter"]) for p in (out / "rejects").glob("*.jsonl")
-                 for r in map(json.loads, p.open(encoding="utf-8")))
-    return kept, rej
-
-
 @pytest.fixture(scope="module")
 def dataset(ray_session, tmp_path_factory):
     base = tmp_path_factory.mktemp("curate_kill")
@@ -64,7 +55,7 @@ def dataset(ray_session, tmp_path_factory):
     ref_in, ref = _two_step_inbox(base / "ref", files)
     t0 = time.time()
     _run(ref_in, ref, addr)  # the uninterrupted reference, also timing one subprocess run
-    return files, addr, _state(ref), time.time() - t0
+    return files, addr, score.output_keys(ref), time.time() - t0
 
 
 def _curate_in_process(inbox: Path, out: Path) -> str:
@@ -110,7 +101,7 @@ def test_kill_between_outputs_and_ledger_commit(dataset, tmp_path):
     assert json.loads((out / "report.json").read_text())["run"] == "r0001" and not list(out.rglob("*r0002*"))
     # ... the rerun (through the jobs script) discards them and redoes r0002
     assert _run(inbox, out, addr, job=True).startswith("curated r0002")
-    assert _state(out) == ref_state
+    assert score.output_keys(out) == ref_state
 
 
 def test_kill_at_random_points(dataset, tmp_path):
@@ -124,6 +115,6 @@ def test_kill_at_random_points(dataset, tmp_path):
         proc.wait(timeout=30)
     msg = _run(inbox, out, addr)
     assert msg.startswith(("curated r0002", "nothing to do"))  # a kill after the commit leaves nothing to do
-    kept, rej = _state(out)
+    kept, rej = score.output_keys(out)
     assert len(kept) == len(set(kept)) and len(rej) == len(set(rej))  # nothing duplicated
     assert (kept, rej) == ref_state  # nothing lost

@@ -15,9 +15,9 @@ import threading
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
+from rayft.testing import curate_score as score
 from rayft.testing import pairs as synth
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -34,15 +34,6 @@ def curate(inp: Path, out: Path) -> str:
                            [f"input={inp}", f"output={out}", "data.chunk_mb=0.25"], STAGES["curate"][3]))
 
 
-def state(out: Path) -> tuple[list, list]:
-    """Every kept row and every reject (lists, so a duplicate would show), keyed by file + line."""
-    kept = sorted((Path(r["file"]).name, r["line"], p.parent.name) for p in out.glob("*/*/part-*.parquet")
-                  for r in pq.read_table(p).select(["file", "line"]).to_pylist())
-    rej = sorted((Path(r["file"]).name, r["line"], r["filter"]) for p in (out / "rejects").glob("*.jsonl")
-                 for r in map(json.loads, p.open(encoding="utf-8")))
-    return kept, rej
-
-
 def test_node_loss_mid_curate_loses_and_duplicates_nothing(multinode, tmp_path):
     info = synth.generate(tmp_path / "gen", n=20000, seed=5, n_files=6)
     inp = Path(info["data"])
@@ -50,37 +41,16 @@ def test_node_loss_mid_curate_loses_and_duplicates_nothing(multinode, tmp_path):
     first = curate(inp, tmp_path / "ref")
     ref_s = time.time() - t0
     assert first.startswith("curated r0001"), first
-    ref = state(tmp_path / "ref")
+    ref = score.output_keys(tmp_path / "ref")
     rep = json.loads((tmp_path / "ref" / "report.json").read_text())
     assert rep["rows_in"] == rep["rows_kept"] + rep["rows_rejected"] == len(ref[0]) + len(ref[1])
 
-    import rayft.curate.run as curate_run
     import rayft.progress as progress
+    from multinode import WatchedBar
 
     fault: dict = {}
     first_block = threading.Event()  # the read+filter has produced its first block: Ray work under way
-    real_bar, real_read = progress.bar, curate_run._read_and_filter
-
-    class Watched:  # the run's own progress bar, telling the fault thread when blocks arrive
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __enter__(self):
-            self.inner.__enter__()
-            return self
-
-        def __exit__(self, *exc):
-            return self.inner.__exit__(*exc)
-
-        def update(self, n):
-            first_block.set()
-            self.inner.update(n)
-
-    def read_and_filter(*a, **kw):
-        try:
-            return real_read(*a, **kw)
-        finally:
-            fault["read_end"] = time.time()
+    real_bar = progress.bar  # curate's one bar counts the read+filter; it closes when that ends
 
     def kill_node_b():
         if first_block.wait(120):
@@ -93,23 +63,22 @@ def test_node_loss_mid_curate_loses_and_duplicates_nothing(multinode, tmp_path):
     t0 = time.time()
     killer.start()
     try:
-        progress.bar = lambda *a, **kw: Watched(real_bar(*a, **kw))
-        curate_run._read_and_filter = read_and_filter
+        progress.bar = lambda *a, **kw: WatchedBar(real_bar(*a, **kw), first_block, fault)
         msg = curate(inp, out)
     except Exception as e:  # noqa: BLE001 - the rerun below must finish it
         msg = f"failed: {type(e).__name__}: {str(e)[:300]}"
     finally:
-        progress.bar, curate_run._read_and_filter = real_bar, real_read
+        progress.bar = real_bar
     killer.join(timeout=120)
-    assert "at" in fault and fault["at"] < fault["read_end"], \
+    assert "at" in fault and fault["at"] < fault["bar_end"], \
         f"the node was not removed while Ray read and filtered: nothing was tested ({fault})"
     if not msg.startswith("curated r0001"):
         msg = curate(inp, out)  # the rerun resumes from the ledger
         assert msg.startswith("curated r0001"), msg
     print(f"curate with node_b removed {fault['at'] - t0:.1f} s into the run, "
-          f"{fault['read_end'] - fault['at']:.1f} s before its read+filter ended (reference run {ref_s:.1f} s): "
+          f"{fault['bar_end'] - fault['at']:.1f} s before its read+filter ended (reference run {ref_s:.1f} s): "
           f"{msg[:160]}")
-    got = state(out)
+    got = score.output_keys(out)
     assert len(got[0]) == len(set(got[0])) and len(got[1]) == len(set(got[1]))  # nothing duplicated
     assert got == ref  # nothing lost: the same rows kept, the same rejects with the same reasons
     rep2 = json.loads((out / "report.json").read_text())

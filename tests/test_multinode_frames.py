@@ -48,17 +48,6 @@ def embeddings(out: Path) -> dict:
     return {r["path"]: np.asarray(r["embedding"], np.float32) for r in t}
 
 
-def actor_node(multinode) -> str | None:
-    """Node of the live embedding actor (Ray Data's MapWorker for ClipEmbedder), from the GCS."""
-    from ray._private.state import actors
-
-    names = {n.node_id: name for name, n in list(multinode.nodes.items())}
-    for a in actors().values():
-        if a.get("State") == "ALIVE" and "ClipEmbedder" in (a.get("ActorClassName") or ""):
-            return names.get(a["Address"]["NodeID"])
-    return None
-
-
 def test_node_loss_mid_embed_loses_and_duplicates_nothing(multinode, tmp_path):
     import rayft.frames.run as frames_run
 
@@ -72,29 +61,16 @@ def test_node_loss_mid_embed_loses_and_duplicates_nothing(multinode, tmp_path):
     truth = synth.read_truth(root)
     good = {r["path"] for r in truth if r["expected"] not in REJECT_KINDS}
 
+    from multinode import WatchedBar
+
     fault: dict = {}
     first = threading.Event()
-    real_progress = frames_run._progress
-
-    class Watched:  # the run's own frame counter, telling the fault thread when batches arrive
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __enter__(self):
-            self.inner.__enter__()
-            return self
-
-        def __exit__(self, *exc):
-            fault.setdefault("loop_end", time.time())
-            return self.inner.__exit__(*exc)
-
-        def update(self, n):
-            first.set()
-            self.inner.update(n)
+    real_progress = frames_run._progress  # the run's own frame counter: closes when the pipeline ends
 
     def kill_actor_node():
         if first.wait(180):
-            node = actor_node(multinode)
+            node = next((n for n in multinode.actor_nodes("ClipEmbedder").values()  # Ray Data's MapWorker
+                         if n in multinode.nodes), None)
             fault.update(node=node, at=time.time())
             if node:
                 multinode.remove(node, graceful=False)
@@ -104,7 +80,7 @@ def test_node_loss_mid_embed_loses_and_duplicates_nothing(multinode, tmp_path):
     out = tmp_path / "faulted"
     t0 = time.time()
     killer.start()
-    frames_run._progress = lambda total, enabled: Watched(real_progress(total, enabled))
+    frames_run._progress = lambda total, enabled: WatchedBar(real_progress(total, enabled), first, fault)
     try:
         embed(root, out)
         first_try = "finished"
@@ -113,13 +89,13 @@ def test_node_loss_mid_embed_loses_and_duplicates_nothing(multinode, tmp_path):
     finally:
         frames_run._progress = real_progress
     killer.join(timeout=120)
-    assert fault.get("node") and fault["at"] < fault["loop_end"], \
+    assert fault.get("node") and fault["at"] < fault["bar_end"], \
         f"the actor's node was not removed while frames were embedded: nothing was tested ({fault})"
     if first_try != "finished":
         embed(root, out)  # retries only the unfinished episodes
     got = embeddings(out)
     print(f"frames embed with {fault['node']} (the CLIP actor's) removed {fault['at'] - t0:.1f} s into the run, "
-          f"{fault['loop_end'] - fault['at']:.1f} s before its pipeline ended (reference run {ref_s:.1f} s): "
+          f"{fault['bar_end'] - fault['at']:.1f} s before its pipeline ended (reference run {ref_s:.1f} s): "
           f"first try {first_try}; {len(got)} frames embedded")
     assert set(got) == set(ref)  # none lost, none extra
     assert set(got) == good

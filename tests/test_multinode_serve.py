@@ -27,18 +27,6 @@ APP = "rayft_mn"
 CHAT = [{"role": "user", "content": "Rewrite as a viral hook: the detective opens the letter."}]
 
 
-def replica_nodes(multinode) -> dict:
-    """{replica actor pid: node name} of this app's live replicas (from the GCS actor table)."""
-    from ray._private.state import actors
-
-    names = {n.node_id: name for name, n in list(multinode.nodes.items())}
-    out = {}
-    for a in actors().values():
-        if a.get("State") == "ALIVE" and f"ServeReplica:{APP}:" in (a.get("ActorClassName") or ""):
-            out[a["Pid"]] = names.get(a["Address"]["NodeID"], "?")
-    return out
-
-
 @pytest.fixture(scope="module")
 def served(multinode, tmp_path_factory):
     from ray import serve
@@ -68,7 +56,7 @@ def served(multinode, tmp_path_factory):
 def test_node_loss_under_load_fails_no_request(multinode, served):
     """Remove (SIGKILL) the node of one replica while 3 clients send requests: no request fails
     (in-flight ones are retried by the client), and the survivor answers everything after."""
-    placed = replica_nodes(multinode)
+    placed = multinode.actor_nodes(f"ServeReplica:{APP}:")
     assert sorted(placed.values()) == ["node_a", "node_b"], placed  # one replica per node
     stop = threading.Event()
     ok, errors, retried = [], [], []
@@ -115,4 +103,5 @@ def test_node_loss_under_load_fails_no_request(multinode, served):
     assert errors == [], errors
     assert len(after) >= 15 and set(after) == {f"en:{served['v1']}"}
     assert late_fail == [], late_fail  # once Serve knows, nothing is routed to the dead replica
-    assert list(replica_nodes(multinode).values()) == ["node_a"]  # the survivor; no CPU for a replacement
+    survivors = multinode.actor_nodes(f"ServeReplica:{APP}:")
+    assert list(survivors.values()) == ["node_a"]  # the survivor; no CPU for a replacement

@@ -33,6 +33,19 @@ def read_outputs(out_dir: str | Path) -> tuple[dict, dict]:
     return kept, rejects
 
 
+def output_keys(out_dir: str | Path) -> tuple[list, list]:
+    """Every kept row as (file name, line, split) and every reject as (file name, line, filter),
+    sorted lists, not dicts (``read_outputs``): a row written twice shows up twice."""
+    out = Path(out_dir)
+    kept = sorted((Path(r["file"]).name, r["line"], p.parent.name) for p in out.glob("*/*/part-*.parquet")
+                  for r in pq.read_table(p).select(["file", "line"]).to_pylist())
+    rej = []
+    for p in (out / "rejects").glob("*.jsonl"):
+        with open(p, encoding="utf-8") as f:
+            rej += [(Path(r["file"]).name, r["line"], r["filter"]) for r in map(json.loads, f)]
+    return kept, sorted(rej)
+
+
 def true_jaccards(truth: dict, ngram: int = 5, fields=("system", "history", "prompt", "response")) -> dict:
     """Exact character n-gram Jaccard of every planted near copy against its original."""
     from ..data.formats import read_file
