@@ -82,7 +82,7 @@ def ari_from_labels(out: Path, truth: np.ndarray) -> tuple[float, int, float]:
     return float(adjusted_rand_score(truth[idx], lab)), int(lab.max() + 1), float((lab < 0).mean())
 
 
-def one(method: str, data: Path, out: Path) -> dict:
+def one(method: str, data: Path, out: Path, overrides: list[str]) -> dict:
     """Runs inside the child process: one method on one dataset."""
     from rayft.frames.cluster.run import run_cluster
     from rayft.config import load
@@ -98,7 +98,7 @@ def one(method: str, data: Path, out: Path) -> dict:
             extra = ["cluster.ray_tasks=off"]
         cfg = load(FramesConfig, REPO / "configs" / "frames.yaml",
                    [f"cluster.input={data / 'emb'}", f"cluster.output={out}",
-                    f"cluster.method={'flat' if method == 'fast-flat' else 'sharded'}", *extra])
+                    f"cluster.method={'flat' if method == 'fast-flat' else 'sharded'}", *extra, *overrides])
         run_cluster(cfg)
         info = json.loads((out / "clusters.json").read_text())
         ari, k, noise = ari_from_labels(out, truth)
@@ -131,10 +131,10 @@ def one(method: str, data: Path, out: Path) -> dict:
             "noise_frac": round(float((lab < 0).mean()), 4)}
 
 
-def run_child(method: str, data: Path, out: Path, timeout: float) -> dict:
-    """Fresh interpreter per measurement (numba/pynndescent caches warm from disk, nothing
+def run_child(method: str, data: Path, out: Path, timeout: float, overrides: list[str]) -> dict:
+    """Fresh interpreter per measurement (numba caches warm from disk, nothing
     shared in memory); the child reports its own peak RSS (VmHWM; ru_maxrss beside it)."""
-    cmd = [sys.executable, __file__, "--one", method, "--data", str(data), "--out", str(out)]
+    cmd = [sys.executable, __file__, "--one", method, "--data", str(data), "--out", str(out), "--set", *overrides]
     t0 = time.time()
     # own session: on timeout the whole group goes, including hdbscan's joblib/loky workers
     # (they hold the stdout pipe, and killing the child alone left them computing)
@@ -159,6 +159,8 @@ def main() -> None:
                     help="also run classic hdbscan (and the other methods) at this size; 0 = skip")
     ap.add_argument("--work", default=str(REPO / "benchmarks" / "out" / "cluster"))
     ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides for the rayft methods, e.g. cluster.shard_size=50000")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -166,7 +168,7 @@ def main() -> None:
     if a.one:
         import resource
 
-        res = one(a.one, Path(a.data), Path(a.out))
+        res = one(a.one, Path(a.data), Path(a.out), a.set)
         # VmHWM (this process image's peak, reset by exec); ru_maxrss is kept across execve on
         # Linux, so it would start at the parent's size when the parent had just built the data
         hwm = [ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM:")]
@@ -191,8 +193,8 @@ def main() -> None:
         import shutil
 
         shutil.rmtree(out, ignore_errors=True)
-        res = run_child(method, data, out, a.timeout)
-        res.update(n=n, load_avg=load_avg(), date=time.strftime("%Y-%m-%d %H:%M"))
+        res = run_child(method, data, out, a.timeout, a.set)
+        res.update(overrides=a.set, n=n, load_avg=load_avg(), date=time.strftime("%Y-%m-%d %H:%M"))
         results.append(res)
         print(json.dumps(res), flush=True)
         with open(work / "results.jsonl", "a") as f:

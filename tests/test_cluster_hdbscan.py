@@ -139,16 +139,39 @@ def test_connect_components_finds_the_exact_bridge_when_all_points_are_represent
     assert len(mst) == 109 and np.isfinite(mst[:, 2]).all()
 
 
+@pytest.mark.slow
+def test_large_tree_path_gives_the_same_labels(blobs, monkeypatch):
+    """From graph.FAST_TREE_FROM points on, the condensed tree and selection run in fast_hdbscan
+    (numba; ~30x faster at 1M points): same labels as hdbscan's Cython path, +inf bridges included."""
+    x, _ = blobs
+    small, _ = hdbscan_scale.sharded_hdbscan(x, 25, 10, shard_size=1500)
+    monkeypatch.setattr(graph, "FAST_TREE_FROM", 0)  # numba JIT: ~1 min in a fresh environment
+    large, _ = hdbscan_scale.sharded_hdbscan(x, 25, 10, shard_size=1500)
+    assert large.max() >= 3 and (large == small).all()
+    # two far-apart groups joined only by a +inf bridge: each its own cluster at lambda 0
+    rng = np.random.default_rng(3)
+    pts = np.concatenate([rng.standard_normal((80, 4)), rng.standard_normal((70, 4)) + 20])
+    within = [(i, j) for i in range(150) for j in range(i + 1, 150) if (i < 80) == (j < 80)]
+    s, d = np.array(within).T
+    mst = graph.bridge_components(graph.spanning_forest(s, d, np.linalg.norm(pts[s] - pts[d], axis=1)), 150)
+    assert np.isinf(mst[:, 2]).sum() == 1
+    cython = graph.relabel_by_size(graph.tree_labels(mst, 20, "eom", fast_from=10**9), 20)
+    fast = graph.relabel_by_size(graph.tree_labels(mst, 20, "eom", fast_from=0), 20)
+    assert (cython == fast).all() and set(fast[:80]) != set(fast[80:]), (cython, fast)
+
+
 def test_relabel_by_size():
     lab = np.array([5, 5, 5, 2, 2, -1, 7, 7, 7, 7, 9])
     assert graph.relabel_by_size(lab, 2).tolist() == [1, 1, 1, 2, 2, -1, 0, 0, 0, 0, -1]
 
 
 def test_knn_shard_approximate_path_recall():
-    """Shards above brute_max use pynndescent: its neighbours must match brute force."""
+    """Shards above brute_max use an HNSW graph: its neighbours must match the exact search."""
     x = np.random.default_rng(2).standard_normal((3000, 16)).astype(np.float32)
     exact, _ = hdbscan_scale.knn_shard(x, 10, brute_max=10_000, seed=0)
     approx, dist = hdbscan_scale.knn_shard(x, 10, brute_max=0, seed=0)
     assert approx.shape == (3000, 10) and (approx != np.arange(3000)[:, None]).all()  # self excluded
     recall = np.mean([len(set(e) & set(a)) / 10 for e, a in zip(exact, approx)])
     assert recall >= 0.9 and (np.diff(dist, axis=1) >= -1e-6).all()  # iid 16-d gaussians: a hard case
+    again, _ = hdbscan_scale.knn_shard(x, 10, brute_max=0, seed=0)
+    assert (again == approx).all()  # a retried shard task finds the same neighbours

@@ -78,7 +78,7 @@ class ClusterSection(Section):
     halo_frac: float = opt(0.2, "fraction of points copied into a neighbouring shard's halo", ge=0, le=1)
     knn_k: int = opt(0, "neighbours kept per point in the sharded path; 0 = max(2*min_samples, 15)", ge=0)
     seed: int = opt(0, "seed for k-means shard centroids and approximate neighbour search")
-    read_batch: int = opt(65_536, "rows per Parquet read batch (streaming PCA)", ge=1)
+    read_batch: int = opt(16_384, "rows per Parquet read batch (streaming PCA)", ge=1)
     ray_tasks: Literal["auto", "on", "off"] = opt("auto", "run the sharded path's per-shard neighbour "
                                                   "searches as Ray tasks on every node: auto = when this "
                                                   "process is on a Ray cluster (ray job submit / RAY_ADDRESS) "

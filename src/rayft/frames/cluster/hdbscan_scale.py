@@ -15,8 +15,8 @@ never runs a neighbour search on more than ``shard_size`` points at once:
    its Voronoi faces (~halo_frac of all points get one). A home point x whose k-th
    neighbour is within h_j + (x's distance to its nearest face) provably has its exact
    neighbours in the shard; the others are counted (``knn_beyond_halo``).
-3. Per shard: kNN of home and guest points among home + guests (exact brute force up
-   to ``brute_max`` points, pynndescent above). Home rows are kept (n x k int32 +
+3. Per shard: kNN of home and guest points among home + guests (faiss: exact up to
+   ``brute_max`` points, HNSW above). Home rows are kept (n x k int32 +
    float32); guest rows contribute their edges to home points: real cross-partition
    edges (without them neighbouring partitions would only meet through +inf bridges).
 4. Core distance = distance to the min_samples-th other neighbour (fast_hdbscan's
@@ -44,6 +44,15 @@ from .partition import build_partitions, halo_guests
 Log = Callable[[str], None]
 
 
+def _mem() -> str:
+    """This process's resident and peak memory (Linux), for the phase log lines."""
+    try:
+        f = dict(ln.split(":", 1) for ln in open("/proc/self/status") if ln.startswith(("VmRSS", "VmHWM")))
+        return f" | rss {int(f['VmRSS'].split()[0]) / 1e6:.2f} GB, peak {int(f['VmHWM'].split()[0]) / 1e6:.2f} GB"
+    except (OSError, KeyError, ValueError):
+        return ""
+
+
 def hdbscan_labels(z: np.ndarray, min_cluster_size: int, min_samples: int = 0,
                    selection: str = "leaf") -> np.ndarray:
     """One fast_hdbscan call. Returns int64 labels (-1 noise)."""
@@ -59,17 +68,33 @@ def hdbscan_labels(z: np.ndarray, min_cluster_size: int, min_samples: int = 0,
 
 
 def knn_shard(x: np.ndarray, k: int, brute_max: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest other points for every row of ``x``: (idx int32 (m, k), dist float32 (m, k))."""
+    """k nearest other points for every row of ``x``: (idx int32 (m, k), dist float32 (m, k)).
+
+    faiss (compiled BLAS kernels, no JIT): exact search (``IndexFlatL2``) up to ``brute_max``
+    points, an HNSW graph above, built single-threaded so a rerun gives the same neighbours.
+    pynndescent, used before, numba-compiles for ~1 min in every new process (each Ray task
+    worker), longer than the exact search of a 100k-point shard in 32 dims takes."""
+    import faiss
+
     m = len(x)
     kk = min(k, m - 1)
+    x = np.ascontiguousarray(x, dtype=np.float32)
     if m <= brute_max:
-        from sklearn.neighbors import NearestNeighbors
-
-        d, i = NearestNeighbors(n_neighbors=kk + 1, algorithm="brute").fit(x).kneighbors(x)
+        index = faiss.IndexFlatL2(x.shape[1])
+        index.add(x)
+        d, i = index.search(x, kk + 1)
     else:
-        from pynndescent import NNDescent
-
-        i, d = NNDescent(x, n_neighbors=kk + 1, random_state=seed, low_memory=True).neighbor_graph
+        index = faiss.IndexHNSWFlat(x.shape[1], 32)
+        index.hnsw.efConstruction = 80
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)  # parallel insertion order would vary between runs
+        try:
+            index.add(x)
+        finally:
+            faiss.omp_set_num_threads(threads)
+        index.hnsw.efSearch = max(64, 4 * (kk + 1))
+        d, i = index.search(x, kk + 1)
+    d = np.where(i >= 0, np.sqrt(np.maximum(d, 0)), np.inf)  # squared L2; -1 = none found
     # drop self (duplicates can push it off column 0): stable sort puts self last
     is_self = i == np.arange(m)[:, None]
     order = np.argsort(is_self, axis=1, kind="stable")[:, :kk]
@@ -109,11 +134,9 @@ def local_shards(z, homes, guests, k, brute_max, seed):
 
 
 def _shard_task(z, hi, guests, k, brute_max, seed, threads):
-    try:  # numba (pynndescent) would start one thread per core of the node, whatever the task holds
-        import numba
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    except Exception:
-        pass
+    import faiss  # OpenMP would start one thread per core of the node, whatever the task holds
+
+    faiss.omp_set_num_threads(max(1, threads))
     import resource
 
     out = shard_knn(z, hi, guests, k, brute_max, seed)
@@ -161,7 +184,7 @@ class RayShards:
 
 def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, selection: str = "leaf",
                     shard_size: int = 100_000, halo_frac: float = 0.2, knn_k: int = 0, seed: int = 0,
-                    brute_max: int = 20_000, log: Log | None = None,
+                    brute_max: int = 200_000, log: Log | None = None,
                     tasks: "ShardRunner | None" = None) -> tuple[np.ndarray, dict]:
     """Bounded-memory HDBSCAN (see module docstring). Returns (labels, info).
 
@@ -177,7 +200,7 @@ def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, 
     c, home = build_partitions(z, target, seed)
     guests, h, near_face, h_eff = halo_guests(z, c, home, halo_frac, shard_size)
     log(f"sharded: {n} points -> {len(c)} shards (home <= {target}, halo h={h:.3f}, "
-        f"{sum(len(g) for g in guests)} guest copies) in {time.time() - t0:.1f}s")
+        f"{sum(len(g) for g in guests)} guest copies) in {time.time() - t0:.1f}s{_mem()}")
     nn_idx = np.full((n, k), -1, dtype=np.int32)
     nn_dist = np.full((n, k), np.inf, dtype=np.float32)
     shards, cross = [None] * len(c), [None] * len(c)
@@ -190,6 +213,7 @@ def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, 
         cross[j] = xs
         shards[j] = {"home": int(len(hi)), "guests": int(len(guests[j])), "knn_seconds": sec}
         log(f"  shard {j + 1}/{len(c)}: kNN of {len(hi)} home among {len(hi) + len(guests[j])} points ({sec:.1f}s)")
+    log(f"  kNN done{_mem()}")
     core = nn_dist[:, ms - 1].astype(np.float64)
     # A point y outside shard j is > h_j from j's side of its face, and a home point x of j
     # is >= its nearest-face distance f_x from the other side, so |x - y| > h_j + f_x: the
@@ -219,10 +243,10 @@ def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, 
     n_real = len(mst)
     mst = bridge_components(mst, n)
     log(f"  spanning tree: {len(union)} forest edges -> {n_comp} components, joined by {len(extra)} "
-        f"candidate edges; {n - 1 - n_real} +inf bridges left ({time.time() - t:.1f}s)")
+        f"candidate edges; {n - 1 - n_real} +inf bridges left ({time.time() - t:.1f}s){_mem()}")
     t = time.time()
     labels = relabel_by_size(tree_labels(mst, min_cluster_size, selection), min_cluster_size)
-    log(f"  condensed tree + {selection} selection: {labels.max() + 1} clusters ({time.time() - t:.1f}s)")
+    log(f"  condensed tree + {selection} selection: {labels.max() + 1} clusters ({time.time() - t:.1f}s){_mem()}")
     info = {"method": "sharded", "shards": len(c), "halo": round(h, 4), "halo_frac": halo_frac, "knn_k": k,
             "guest_copies": int(sum(len(g) for g in guests)), "knn_beyond_halo": beyond,
             "knn_components": n_comp, "inf_bridges": n - 1 - n_real,
