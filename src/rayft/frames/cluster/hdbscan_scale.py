@@ -183,7 +183,7 @@ class RayShards:
 
 
 def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, selection: str = "leaf",
-                    shard_size: int = 100_000, halo_frac: float = 0.2, knn_k: int = 0, seed: int = 0,
+                    shard_size: int = 50_000, halo_frac: float = 0.2, knn_k: int = 0, seed: int = 0,
                     brute_max: int = 200_000, log: Log | None = None,
                     tasks: "ShardRunner | None" = None) -> tuple[np.ndarray, dict]:
     """Bounded-memory HDBSCAN (see module docstring). Returns (labels, info).
@@ -258,7 +258,7 @@ def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, 
 
 
 def cluster(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, selection: str = "leaf",
-            method: str = "sharded", shard_size: int = 100_000, halo_frac: float = 0.2, knn_k: int = 0,
+            method: str = "sharded", shard_size: int = 50_000, halo_frac: float = 0.2, knn_k: int = 0,
             seed: int = 0, log: Log | None = None, tasks: ShardRunner | None = None) -> tuple[np.ndarray, dict]:
     """``sharded`` (rayft's path; one exact shard for small sets) or ``flat`` (one fast_hdbscan
     call, the reference); labels numbered largest cluster first, -1 = noise."""
