@@ -67,7 +67,7 @@ def hdbscan_labels(z: np.ndarray, min_cluster_size: int, min_samples: int = 0,
     return np.asarray(model.fit_predict(np.ascontiguousarray(z, dtype=np.float32)), dtype=np.int64)
 
 
-def knn_shard(x: np.ndarray, k: int, brute_max: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def knn_shard(x: np.ndarray, k: int, brute_max: int) -> tuple[np.ndarray, np.ndarray]:
     """k nearest other points for every row of ``x``: (idx int32 (m, k), dist float32 (m, k)).
 
     faiss (compiled BLAS kernels, no JIT): exact search (``IndexFlatL2``) up to ``brute_max``
@@ -105,14 +105,14 @@ def knn_shard(x: np.ndarray, k: int, brute_max: int, seed: int) -> tuple[np.ndar
     return i.astype(np.int32), d.astype(np.float32)
 
 
-def shard_knn(z: np.ndarray, hi: np.ndarray, guests: np.ndarray, k: int, brute_max: int,
-              seed: int) -> tuple[np.ndarray, np.ndarray, tuple, float]:
+def shard_knn(z: np.ndarray, hi: np.ndarray, guests: np.ndarray, k: int,
+              brute_max: int) -> tuple[np.ndarray, np.ndarray, tuple, float]:
     """One shard's neighbour search: kNN of its home points and guests among home + guests.
     Returns (home rows' neighbour ids in ``z`` (int32, -1 = none), their distances, the guests'
     edges to home points as (guest ids, home ids, distances), seconds)."""
     t = time.time()
     idx = np.concatenate([hi, guests])
-    li, ld = knn_shard(z[idx], k, brute_max, seed)
+    li, ld = knn_shard(z[idx], k, brute_max)
     # Guests' neighbours among this shard's home points are real cross-partition edges:
     # without them partitions whose home kNN stay inside are joined only by +inf
     # bridges, and every partition then becomes a "cluster" at lambda 0.
@@ -127,19 +127,19 @@ def shard_knn(z: np.ndarray, hi: np.ndarray, guests: np.ndarray, k: int, brute_m
 ShardRunner = Callable[..., Iterator[tuple[int, np.ndarray, np.ndarray, tuple, float]]]
 
 
-def local_shards(z, homes, guests, k, brute_max, seed):
+def local_shards(z, homes, guests, k, brute_max):
     """Every shard's neighbour search in this process, one at a time (memory: one shard)."""
     for j in range(len(homes)):
-        yield (j, *shard_knn(z, homes[j], guests[j], k, brute_max, seed))
+        yield (j, *shard_knn(z, homes[j], guests[j], k, brute_max))
 
 
-def _shard_task(z, hi, guests, k, brute_max, seed, threads):
+def _shard_task(z, hi, guests, k, brute_max, threads):
     import faiss  # OpenMP would start one thread per core of the node, whatever the task holds
 
     faiss.omp_set_num_threads(max(1, threads))
     import resource
 
-    out = shard_knn(z, hi, guests, k, brute_max, seed)
+    out = shard_knn(z, hi, guests, k, brute_max)
     return (*out, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9)  # this worker's peak
 
 
@@ -160,7 +160,7 @@ class RayShards:
     def describe(self) -> str:
         return f"ray tasks ({self.ran} shards, {self.cpus:g} CPU each, {self.in_flight} at once)"
 
-    def __call__(self, z, homes, guests, k, brute_max, seed):
+    def __call__(self, z, homes, guests, k, brute_max):
         import ray
 
         cpus_total = ray.cluster_resources().get("CPU", 1.0)
@@ -171,7 +171,7 @@ class RayShards:
         j = 0
         while j < len(homes) or pending:
             while j < len(homes) and len(pending) < self.in_flight:
-                pending[task.remote(z_ref, homes[j], guests[j], k, brute_max, seed, max(1, int(self.cpus)))] = j
+                pending[task.remote(z_ref, homes[j], guests[j], k, brute_max, max(1, int(self.cpus)))] = j
                 j += 1
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -206,7 +206,7 @@ def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, 
     shards, cross = [None] * len(c), [None] * len(c)
     homes = [np.flatnonzero(home == j) for j in range(len(c))]
     run = tasks or local_shards
-    for j, gi, ld, xs, sec in run(z, homes, guests, k, brute_max, seed):  # 1) neighbour search per shard
+    for j, gi, ld, xs, sec in run(z, homes, guests, k, brute_max):  # 1) neighbour search per shard
         hi = homes[j]
         nn_idx[hi] = gi
         nn_dist[hi] = ld
