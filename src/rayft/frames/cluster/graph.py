@@ -24,10 +24,11 @@ def spanning_forest(src: np.ndarray, dst: np.ndarray, w: np.ndarray) -> np.ndarr
 def dedupe_min(src, dst, w):
     """Undirected edges, one per pair, keeping the smallest weight (coo->csr would sum duplicates)."""
     a, b = np.minimum(src, dst).astype(np.int64), np.maximum(src, dst).astype(np.int64)
-    order = np.lexsort((w, b, a))
-    a, b, w = a[order], b[order], w[order]
-    first = np.ones(len(a), dtype=bool)
-    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    if len(a) == 0:
+        return a, b, w
+    key = a * (int(b.max()) + 1) + b  # one int64 sort key per pair (n^2 < 2^63 up to 3e9 points)
+    by_w = np.argsort(w, kind="stable")
+    first = by_w[np.unique(key[by_w], return_index=True)[1]]  # unique's index: first = lightest
     return a[first], b[first], w[first]
 
 

@@ -230,7 +230,10 @@ def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, 
         valid = dst >= 0
         src, dst, d = src[valid], dst[valid], d[valid]
         w = np.maximum(np.maximum(core[src], core[dst]), d)
-        forests.append(spanning_forest(*dedupe_min(src, dst, w)))
+        # no dedupe here: a directed pair occurs once per shard (home rows' neighbour lists and
+        # guests' edges to home points have distinct sources and distinct targets per source),
+        # and the MST takes the lighter of i->j and j->i itself
+        forests.append(spanning_forest(src, dst, w))
         cross[j] = None
     del nn_idx, nn_dist
     union = np.concatenate(forests)

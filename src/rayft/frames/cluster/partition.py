@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import sparse
 
 
 def _nearest(z: np.ndarray, c: np.ndarray, chunk: int = 262_144) -> np.ndarray:
@@ -39,8 +40,10 @@ def _kmeans(z: np.ndarray, k: int, seed: int, sample: int = 100_000, iters: int 
     for _ in range(iters):
         a = _nearest(x, c)
         cnt = np.bincount(a, minlength=k)
-        new = np.zeros_like(c, dtype=np.float64)
-        np.add.at(new, a, x)
+        # centroid sums as a sparse one-hot product (scipy): np.add.at's unbuffered scatter
+        # took 35 of the 39 s of partitioning 1M points
+        onehot = sparse.csr_matrix((np.ones(len(a)), (a, np.arange(len(a)))), shape=(k, len(a)))
+        new = np.asarray(onehot @ x.astype(np.float64))
         empty = cnt == 0
         new[~empty] /= cnt[~empty, None]
         new[empty] = c[empty]  # an empty region keeps its seed
