@@ -40,6 +40,7 @@ import numpy as np
 
 from .graph import bridge_components, connect_components, dedupe_min, relabel_by_size, spanning_forest, tree_labels
 from .partition import build_partitions, halo_guests
+from .refine import refine_knn
 
 Log = Callable[[str], None]
 
@@ -183,9 +184,9 @@ class RayShards:
 
 
 def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, selection: str = "leaf",
-                    shard_size: int = 50_000, halo_frac: float = 0.2, knn_k: int = 0, seed: int = 0,
+                    shard_size: int = 25_000, halo_frac: float = 0.2, knn_k: int = 0, seed: int = 0,
                     brute_max: int = 200_000, log: Log | None = None,
-                    tasks: "ShardRunner | None" = None) -> tuple[np.ndarray, dict]:
+                    tasks: "ShardRunner | None" = None, refine_rounds: int = 3) -> tuple[np.ndarray, dict]:
     """Bounded-memory HDBSCAN (see module docstring). Returns (labels, info).
 
     ``tasks``: how the per-shard neighbour searches run; None = one after another in this
@@ -214,11 +215,21 @@ def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, 
         shards[j] = {"home": int(len(hi)), "guests": int(len(guests[j])), "knn_seconds": sec}
         log(f"  shard {j + 1}/{len(c)}: kNN of {len(hi)} home among {len(hi) + len(guests[j])} points ({sec:.1f}s)")
     log(f"  kNN done{_mem()}")
-    core = nn_dist[:, ms - 1].astype(np.float64)
     # A point y outside shard j is > h_j from j's side of its face, and a home point x of j
     # is >= its nearest-face distance f_x from the other side, so |x - y| > h_j + f_x: the
     # k neighbours of x are exact (up to kNN approximation) when its k-th is within that.
-    beyond = int((nn_dist[:, -1] > h_eff[home] + near_face).sum())
+    uncertain = nn_dist[:, -1] > h_eff[home] + near_face
+    beyond = int(uncertain.sum())
+    t = time.time()
+    refined = refine_knn(  # neighbours' neighbours reach across the faces (refine.py)
+        z, home, nn_idx, nn_dist, uncertain, order=np.argsort(home, kind="stable"), rounds=refine_rounds,
+        core_col=ms - 1, min_core_changed=0.01,
+        log=lambda r, c: log(f"  cross-shard join round {r + 1}: {c['rows']} of {beyond} uncertain rows got "
+                             f"nearer neighbours, {c['core']} a smaller core distance ({c['seconds']}s){_mem()}"))
+    if refined:
+        log(f"  cross-shard join: {len(refined)} rounds in {time.time() - t:.1f}s")
+    del uncertain
+    core = nn_dist[:, ms - 1].astype(np.float64)
     t = time.time()
     forests = []
     for j in range(len(c)):  # 2) per-shard spanning forest of mutual-reachability edges
@@ -252,6 +263,7 @@ def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, 
     log(f"  condensed tree + {selection} selection: {labels.max() + 1} clusters ({time.time() - t:.1f}s){_mem()}")
     info = {"method": "sharded", "shards": len(c), "halo": round(h, 4), "halo_frac": halo_frac, "knn_k": k,
             "guest_copies": int(sum(len(g) for g in guests)), "knn_beyond_halo": beyond,
+            "refine_rounds": refine_rounds, "refined_rows": refined,
             "knn_components": n_comp, "inf_bridges": n - 1 - n_real,
             "max_call_points": max(s["home"] + s["guests"] for s in shards), "shard_stats": shards,
             "knn_executor": getattr(tasks, "describe", lambda: "in-process")(),
@@ -261,8 +273,9 @@ def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, 
 
 
 def cluster(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, selection: str = "leaf",
-            method: str = "sharded", shard_size: int = 50_000, halo_frac: float = 0.2, knn_k: int = 0,
-            seed: int = 0, log: Log | None = None, tasks: ShardRunner | None = None) -> tuple[np.ndarray, dict]:
+            method: str = "sharded", shard_size: int = 25_000, halo_frac: float = 0.2, knn_k: int = 0,
+            seed: int = 0, log: Log | None = None, tasks: ShardRunner | None = None,
+            refine_rounds: int = 3) -> tuple[np.ndarray, dict]:
     """``sharded`` (rayft's path; one exact shard for small sets) or ``flat`` (one fast_hdbscan
     call, the reference); labels numbered largest cluster first, -1 = noise."""
     if method == "flat":
@@ -270,7 +283,7 @@ def cluster(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, selectio
         labels = relabel_by_size(hdbscan_labels(z, min_cluster_size, min_samples, selection), min_cluster_size)
         return labels, {"method": "flat", "max_call_points": len(z), "seconds": round(time.time() - t, 2)}
     return sharded_hdbscan(z, min_cluster_size, min_samples, selection, shard_size, halo_frac, knn_k,
-                           seed, log=log, tasks=tasks)
+                           seed, log=log, tasks=tasks, refine_rounds=refine_rounds)
 
 
 def cluster_medoids(z: np.ndarray, labels: np.ndarray) -> dict[int, int]:

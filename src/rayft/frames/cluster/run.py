@@ -131,7 +131,8 @@ def run_cluster(cfg) -> str:
     tasks, started = _shard_runner(c, n)
     try:
         labels, info = cluster(z, c.min_cluster_size, c.min_samples, c.selection, c.method, c.shard_size,
-                               c.halo_frac, c.knn_k, c.seed, log=_log, tasks=tasks)
+                               c.halo_frac, c.knn_k, c.seed, log=_log, tasks=tasks,
+                               refine_rounds=c.refine_rounds)
     finally:
         if started:
             import ray
