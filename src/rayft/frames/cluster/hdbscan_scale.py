@@ -223,9 +223,9 @@ def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, 
     t = time.time()
     refined = refine_knn(  # neighbours' neighbours reach across the faces (refine.py)
         z, home, nn_idx, nn_dist, uncertain, order=np.argsort(home, kind="stable"), rounds=refine_rounds,
-        core_col=ms - 1, min_core_changed=0.01,
+        core_col=ms - 1, min_core_changed=0.005,
         log=lambda r, c: log(f"  cross-shard join round {r + 1}: {c['rows']} of {beyond} uncertain rows got "
-                             f"nearer neighbours, {c['core']} a smaller core distance ({c['seconds']}s){_mem()}"))
+                             f"nearer neighbours, {c['core']} a smaller core distance ({c['core_2pct']} by > 2 %) ({c['seconds']}s){_mem()}"))
     if refined:
         log(f"  cross-shard join: {len(refined)} rounds in {time.time() - t:.1f}s")
     del uncertain
