@@ -19,6 +19,10 @@ never runs a neighbour search on more than ``shard_size`` points at once:
    ``brute_max`` points, HNSW above). Home rows are kept (n x k int32 +
    float32); guest rows contribute their edges to home points: real cross-partition
    edges (without them neighbouring partitions would only meet through +inf bridges).
+3b. Cross-shard join (refine.py): the rows step 2 could not certify take candidates from
+   their neighbours' lists, a few NN-descent rounds on the driver (``refine_rounds``).
+   Without it, at 4M points, seams through big characters' dense middles turned whole
+   characters into noise (benchmarks/RESULTS.md).
 4. Core distance = distance to the min_samples-th other neighbour (fast_hdbscan's
    convention). Per shard, the minimum spanning forest of its mutual-reachability edges;
    by the cycle property the MST of the whole edge set lies inside the union of these

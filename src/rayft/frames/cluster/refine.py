@@ -1,4 +1,4 @@
-"""Cross-shard repair of the sharded kNN lists: one NN-descent "join" round.
+"""Cross-shard repair of the sharded kNN lists: NN-descent "join" rounds.
 
 A shard's search only sees its home points and its halo guests, so a point near a face whose
 true neighbours lie beyond the halo gets too-far neighbours and an inflated core distance.
@@ -13,7 +13,7 @@ that neighbour's list was computed in *its* shard, so the candidates reach acros
 Only rows the halo could not certify are refined; reads come from a snapshot of the lists,
 so the result does not depend on thread scheduling. Rounds repeat NN-descent-style: a pair
 (i, c) via i's neighbour j is explored again only when j is new in i's list or c new in j's,
-and the rounds stop when fewer than ``min_changed`` of the rows still improve.
+and the rounds stop once few rows' core distances still fall (``min_core_changed``).
 """
 from __future__ import annotations
 
