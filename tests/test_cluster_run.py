@@ -80,7 +80,8 @@ def test_missing_columns_and_empty_input_are_clear_errors(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("key", ["cluster.min_cluster_size=1", "cluster.shard_size=10", "cluster.method=kmeans",
-                                 "cluster.ray_tasks=maybe", "cluster.task_cpus=0", "cluster.max_tasks=-1"])
+                                 "cluster.ray_tasks=maybe", "cluster.task_cpus=0", "cluster.max_tasks=-1",
+                                 "cluster.refine_rounds=-1", "cluster.refine_rounds=two"])
 def test_bad_cluster_settings_are_refused(tmp_path, capsys, key):
     assert cluster_cli(tmp_path, tmp_path / "out", key) == 2
     err = capsys.readouterr().err

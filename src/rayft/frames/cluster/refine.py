@@ -129,9 +129,9 @@ def refine_knn(z: np.ndarray, home: np.ndarray, idx: np.ndarray, dist: np.ndarra
     prow = np.flatnonzero(mask[order])
     new = np.ones(pidx.shape, dtype=bool)
     out = []
+    core = pdist[prow, core_col]
     for r in range(rounds):
         t = time.time()
-        core = pdist[prow, core_col]
         snap = pidx.copy()
         changed = join(zp, part, snap, new, pidx, pdist, prow)
         now = pdist[prow, core_col]
@@ -139,6 +139,7 @@ def refine_knn(z: np.ndarray, home: np.ndarray, idx: np.ndarray, dist: np.ndarra
                     "core_2pct": int((now < 0.98 * core).sum()), "seconds": round(time.time() - t, 1)})
         new = new_entries(pidx, snap)  # per list entry: did it arrive this round?
         del snap
+        core = now
         if log:
             log(r, out[-1])
         if out[-1]["core_2pct"] <= min_core_changed * len(prow):
