@@ -5,31 +5,70 @@ from __future__ import annotations
 import numpy as np
 
 
-def spanning_forest(src: np.ndarray, dst: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Minimum spanning forest of an edge list (global ids) -> (e, 3) float64 [src, dst, w]."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import minimum_spanning_tree
+def _kruskal_kernel():
+    import numba
 
-    ok = (src >= 0) & (dst >= 0) & (src != dst) & np.isfinite(w)
-    src, dst, w = src[ok], dst[ok], w[ok]
+    @numba.njit(cache=True, nogil=True)
+    def kruskal(src, dst, w, parent):  # pragma: no cover - compiled
+        """Kruskal over an edge list: union-find with path halving and union by size
+        (``parent``: scratch, -1 = a root of size 1, -size for bigger roots; all -1 on entry
+        and again on return, so one array of n serves every call). Stable sort: equal weights
+        keep input order, so the forest is deterministic."""
+        order = np.argsort(w, kind="mergesort")
+        keep = np.zeros(len(w), dtype=np.bool_)
+        for e in order:
+            a, b = src[e], dst[e]
+            if a < 0 or b < 0 or a == b or not np.isfinite(w[e]):
+                continue
+            while parent[a] >= 0:
+                p = parent[a]
+                if parent[p] >= 0:
+                    parent[a] = parent[p]
+                a = p
+            while parent[b] >= 0:
+                p = parent[b]
+                if parent[p] >= 0:
+                    parent[b] = parent[p]
+                b = p
+            if a == b:
+                continue
+            if parent[a] > parent[b]:  # sizes are negative: make a the bigger tree
+                a, b = b, a
+            parent[a] += parent[b]
+            parent[b] = a
+            keep[e] = True
+        for e in range(len(src)):
+            if src[e] >= 0:
+                parent[src[e]] = -1
+            if dst[e] >= 0:
+                parent[dst[e]] = -1
+        return keep
+
+    return kruskal
+
+
+_KRUSKAL = None
+
+
+def spanning_forest(src: np.ndarray, dst: np.ndarray, w: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+    """Minimum spanning forest of an edge list (global ids) -> (e, 3) float64 [src, dst, w].
+
+    Kruskal in numba (no dedupe needed: a repeated pair is only a cycle); negative ids,
+    self-loops and non-finite weights are skipped. ``scratch``: an int64 array of -1, at
+    least max id + 1 long, reused across calls (left all -1); None = allocated here. It
+    replaced scipy's csgraph MST, whose unique + CSR building dominated the 1M merge."""
+    global _KRUSKAL
+    src = np.ascontiguousarray(src, dtype=np.int64)
+    dst = np.ascontiguousarray(dst, dtype=np.int64)
+    w = np.ascontiguousarray(w, dtype=np.float64)
     if len(src) == 0:
         return np.zeros((0, 3))
-    nodes, inv = np.unique(np.concatenate([src, dst]), return_inverse=True)
-    a, b = inv[: len(src)], inv[len(src):]
-    g = coo_matrix((np.maximum(w.astype(np.float64), 1e-12), (a, b)), shape=(len(nodes), len(nodes))).tocsr()
-    t = minimum_spanning_tree(g).tocoo()  # callers dedupe first: coo->csr sums duplicate edges
-    return np.stack([nodes[t.row], nodes[t.col], t.data], 1)
-
-
-def dedupe_min(src, dst, w):
-    """Undirected edges, one per pair, keeping the smallest weight (coo->csr would sum duplicates)."""
-    a, b = np.minimum(src, dst).astype(np.int64), np.maximum(src, dst).astype(np.int64)
-    if len(a) == 0:
-        return a, b, w
-    key = a * (int(b.max()) + 1) + b  # one int64 sort key per pair (n^2 < 2^63 up to 3e9 points)
-    by_w = np.argsort(w, kind="stable")
-    first = by_w[np.unique(key[by_w], return_index=True)[1]]  # unique's index: first = lightest
-    return a[first], b[first], w[first]
+    if scratch is None:
+        scratch = np.full(int(max(src.max(), dst.max())) + 1, -1, dtype=np.int64)
+    if _KRUSKAL is None:
+        _KRUSKAL = _kruskal_kernel()
+    keep = _KRUSKAL(src, dst, w, scratch)
+    return np.stack([src[keep], dst[keep], w[keep]], 1).astype(np.float64)
 
 
 def bridge_components(edges: np.ndarray, n: int) -> np.ndarray:

@@ -37,12 +37,15 @@ search + O(n) edges and tree; measured in benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Callable, Iterator
 
 import numpy as np
 
-from .graph import bridge_components, connect_components, dedupe_min, relabel_by_size, spanning_forest, tree_labels
+from .graph import bridge_components, connect_components, relabel_by_size, spanning_forest, tree_labels
 from .partition import build_partitions, halo_guests
 from .refine import refine_knn
 
@@ -72,6 +75,12 @@ def hdbscan_labels(z: np.ndarray, min_cluster_size: int, min_samples: int = 0,
     return np.asarray(model.fit_predict(np.ascontiguousarray(z, dtype=np.float32)), dtype=np.int64)
 
 
+#: faiss's exact-search block (queries, database points): measured on this 2-core machine for
+#: 32-d shards of 12k and 20k points, k=21: 4096 x 1024 (faiss's default) 0.55 / 1.11 s,
+#: 256 x 2048 0.42 / 0.86 s (median of 4, one thread)
+BLAS_BLOCKS = (256, 2048)
+
+
 def knn_shard(x: np.ndarray, k: int, brute_max: int) -> tuple[np.ndarray, np.ndarray]:
     """k nearest other points for every row of ``x``: (idx int32 (m, k), dist float32 (m, k)).
 
@@ -87,7 +96,15 @@ def knn_shard(x: np.ndarray, k: int, brute_max: int) -> tuple[np.ndarray, np.nda
     if m <= brute_max:
         index = faiss.IndexFlatL2(x.shape[1])
         index.add(x)
-        d, i = index.search(x, kk + 1)
+        cv = faiss.cvar
+        saved = cv.distance_compute_blas_query_bs, cv.distance_compute_blas_database_bs
+        # smaller distance blocks than faiss's 4096 x 1024 (16 MB) stay in cache while the
+        # top-k heaps scan them: ~20 % faster for 12k-25k-point shards (benchmarks/RESULTS.md)
+        cv.distance_compute_blas_query_bs, cv.distance_compute_blas_database_bs = BLAS_BLOCKS
+        try:
+            d, i = index.search(x, kk + 1)
+        finally:
+            cv.distance_compute_blas_query_bs, cv.distance_compute_blas_database_bs = saved
     else:
         index = faiss.IndexHNSWFlat(x.shape[1], 32)
         index.hnsw.efConstruction = 80
@@ -148,6 +165,10 @@ def _shard_task(z, hi, guests, k, brute_max, threads):
     return (*out, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9)  # this worker's peak
 
 
+def _warm_task() -> None:
+    import faiss  # noqa: F401 - the import is the warm-up
+
+
 class RayShards:
     """Per-shard neighbour searches as Ray tasks, ``max_in_flight`` at once (0 = as many as the
     cluster's CPUs fit at ``cpus`` each), on any node of the cluster. The reduced points go to
@@ -165,11 +186,24 @@ class RayShards:
     def describe(self) -> str:
         return f"ray tasks ({self.ran} shards, {self.cpus:g} CPU each, {self.in_flight} at once)"
 
-    def __call__(self, z, homes, guests, k, brute_max):
+    def _slots(self) -> int:
         import ray
 
         cpus_total = ray.cluster_resources().get("CPU", 1.0)
-        self.in_flight = self.max_in_flight or max(1, int(cpus_total // self.cpus))
+        return self.max_in_flight or max(1, int(cpus_total // self.cpus))
+
+    def warm(self) -> None:
+        """Start the task workers and their faiss import now (one no-op task per slot, not
+        waited for), e.g. while the caller's PCA runs: ~2 s less before the first search."""
+        import ray
+
+        task = ray.remote(num_cpus=self.cpus, max_retries=0)(_warm_task)
+        self._warming = [task.remote() for _ in range(self._slots())]
+
+    def __call__(self, z, homes, guests, k, brute_max):
+        import ray
+
+        self.in_flight = self._slots()
         task = ray.remote(num_cpus=self.cpus, max_retries=self.max_retries)(_shard_task)
         z_ref = ray.put(z)
         pending: dict = {}
@@ -185,6 +219,24 @@ class RayShards:
                 self.peak_rss_gb = max(self.peak_rss_gb, round(rss, 3))
                 yield (pending.pop(ref), *out)
         del z_ref
+
+
+def _forests(shards: range, scratch: np.ndarray, homes, cross, nn_idx, nn_dist, core, k: int) -> list[np.ndarray]:
+    """Step 2 for some shards: each shard's minimum spanning forest of mutual-reachability
+    edges (its home rows' neighbour lists + its guests' edges to home points)."""
+    out = []
+    for j in shards:
+        hi = homes[j]
+        gs, gh, gd = cross[j]
+        src = np.concatenate([np.repeat(hi, k), gs])
+        dst = np.concatenate([nn_idx[hi].ravel().astype(np.int64), gh])
+        d = np.concatenate([nn_dist[hi].ravel(), gd]).astype(np.float64)
+        valid = dst >= 0
+        src, dst, d = src[valid], dst[valid], d[valid]
+        w = np.maximum(np.maximum(core[src], core[dst]), d)
+        out.append(spanning_forest(src, dst, w, scratch))  # Kruskal: i->j and j->i need no dedupe
+        cross[j] = None
+    return out
 
 
 def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, selection: str = "leaf",
@@ -226,7 +278,7 @@ def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, 
     beyond = int(uncertain.sum())
     t = time.time()
     refined = refine_knn(  # neighbours' neighbours reach across the faces (refine.py)
-        z, home, nn_idx, nn_dist, uncertain, order=np.argsort(home, kind="stable"), rounds=refine_rounds,
+        z, home, nn_idx, nn_dist, uncertain, rounds=refine_rounds,
         core_col=ms - 1, min_core_changed=0.005,
         log=lambda r, c: log(f"  cross-shard join round {r + 1}: {c['rows']} of {beyond} uncertain rows got "
                              f"nearer neighbours, {c['core']} a smaller core distance ({c['core_2pct']} by > 2 %) ({c['seconds']}s){_mem()}"))
@@ -235,29 +287,26 @@ def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, 
     del uncertain
     core = nn_dist[:, ms - 1].astype(np.float64)
     t = time.time()
-    forests = []
-    for j in range(len(c)):  # 2) per-shard spanning forest of mutual-reachability edges
-        hi = homes[j]
-        gs, gh, gd = cross[j]
-        src = np.concatenate([np.repeat(hi, k), gs])
-        dst = np.concatenate([nn_idx[hi].ravel().astype(np.int64), gh])
-        d = np.concatenate([nn_dist[hi].ravel(), gd]).astype(np.float64)
-        valid = dst >= 0
-        src, dst, d = src[valid], dst[valid], d[valid]
-        w = np.maximum(np.maximum(core[src], core[dst]), d)
-        # no dedupe here: a directed pair occurs once per shard (home rows' neighbour lists and
-        # guests' edges to home points have distinct sources and distinct targets per source),
-        # and the MST takes the lighter of i->j and j->i itself
-        forests.append(spanning_forest(src, dst, w))
-        cross[j] = None
+    # shards split among threads (numpy and the Kruskal kernel run outside the GIL), each with
+    # its own union-find scratch; the union is concatenated in shard order either way
+    nt = max(1, min(len(os.sched_getaffinity(0)), 4, len(c)))
+    scratches = [np.full(n, -1, dtype=np.int64) for _ in range(nt)]
+    with ThreadPoolExecutor(nt) as pool:
+        job = partial(_forests, homes=homes, cross=cross, nn_idx=nn_idx, nn_dist=nn_dist, core=core, k=k)
+        parts = list(pool.map(job, [range(i, len(c), nt) for i in range(nt)], scratches))
+    forests = [None] * len(c)
+    for i, part in enumerate(parts):
+        forests[i::nt] = part
+    scratch = scratches[0]
+    del scratches[1:], parts
     del nn_idx, nn_dist
     union = np.concatenate(forests)
-    mst = spanning_forest(*dedupe_min(union[:, 0].astype(np.int64), union[:, 1].astype(np.int64), union[:, 2]))
+    mst = spanning_forest(union[:, 0], union[:, 1], union[:, 2], scratch)
     n_comp = n - len(mst)
     extra = connect_components(z, core, mst, seed=seed) if n_comp > 1 else np.zeros((0, 3))
     if len(extra):
         both = np.concatenate([mst, extra])
-        mst = spanning_forest(*dedupe_min(both[:, 0].astype(np.int64), both[:, 1].astype(np.int64), both[:, 2]))
+        mst = spanning_forest(both[:, 0], both[:, 1], both[:, 2], scratch)
     n_real = len(mst)
     mst = bridge_components(mst, n)
     log(f"  spanning tree: {len(union)} forest edges -> {n_comp} components, joined by {len(extra)} "

@@ -99,6 +99,26 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
+def _reduce(files: list[Path], c) -> tuple[np.ndarray, object, list, list]:
+    """Streaming PCA: pass 1 accumulates mean + scatter (O(d^2)), pass 2 projects each batch.
+    Returns (reduced float32 (n, pca_dims), the PCA model, path and episode arrays per batch)."""
+    acc = ScatterAccumulator()
+    for x, _, _ in iter_embeddings(files, c.read_batch):
+        acc.add(x)
+    if acc.n < 2:
+        raise ConfigError(f"cluster.input: {acc.n} embeddings; need at least 2")
+    pca = fit_pca(acc, c.pca_dims, c.whiten)
+    z = np.empty((acc.n, pca.components.shape[0]), dtype=np.float32)
+    paths, eps, i = [], [], 0
+    for x, p, e in iter_embeddings(files, c.read_batch, meta=True):
+        z[i:i + len(x)] = pca.transform(x)
+        i += len(x)
+        paths.append(p)
+        eps.append(e)
+    pa.default_memory_pool().release_unused()  # ~1 GB at 1M x 512-d, kept by the pool until now
+    return z, pca, paths, eps
+
+
 def run_cluster(cfg) -> str:
     """`rayft frames cluster`: returns the output directory."""
     c = cfg.cluster
@@ -111,25 +131,25 @@ def run_cluster(cfg) -> str:
         _log(f"{out} is up to date with {c.input}; nothing to do")
         return str(out)
     t0 = time.time()
-    acc = ScatterAccumulator()
-    for x, _, _ in iter_embeddings(files, c.read_batch):  # pass 1: mean + scatter (O(d^2))
-        acc.add(x)
-    n = acc.n
-    if n < 2:
-        raise ConfigError(f"cluster.input: {n} embeddings; need at least 2")
-    pca = fit_pca(acc, c.pca_dims, c.whiten)
-    z = np.empty((n, pca.components.shape[0]), dtype=np.float32)
-    paths, eps, i = [], [], 0
-    for x, p, e in iter_embeddings(files, c.read_batch, meta=True):  # pass 2: project
-        z[i:i + len(x)] = pca.transform(x)
-        i += len(x)
-        paths.append(p)
-        eps.append(e)
-    pa.default_memory_pool().release_unused()  # ~1 GB at 1M x 512-d, kept by the pool until now
-    t_reduce = time.time() - t0
-    _log(f"{n} embeddings from {len(files)} files, PCA {pca.summary()} in {t_reduce:.1f}s")
-    tasks, started = _shard_runner(c, n)
+    tasks, started = None, False
     try:
+        try:
+            rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        except Exception:  # noqa: BLE001 - the PCA pass below reports a broken file properly
+            rows = 0
+        if rows:
+            # Ray first (its start forks helper processes: not safe beside running threads),
+            # then its task workers start and import faiss while the PCA runs here
+            tasks, started = _shard_runner(c, rows)
+            if tasks is not None:
+                tasks.warm()
+            if started:
+                _log(f"started a local Ray for the neighbour searches in {time.time() - t0:.1f}s")
+        t1 = time.time()
+        z, pca, paths, eps = _reduce(files, c)
+        t_reduce = time.time() - t1
+        n = len(z)
+        _log(f"{n} embeddings from {len(files)} files, PCA {pca.summary()} in {t_reduce:.1f}s")
         labels, info = cluster(z, c.min_cluster_size, c.min_samples, c.selection, c.method, c.shard_size,
                                c.halo_frac, c.knn_k, c.seed, log=_log, tasks=tasks,
                                refine_rounds=c.refine_rounds)
