@@ -161,6 +161,10 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="config overrides for the rayft methods, e.g. cluster.shard_size=50000")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every size x method this many times, the method order reversed on "
+                         "every other round (this machine's speed drifts by 15-30 %% between runs); "
+                         "prints each round's time ratio of the first method to the others")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -182,9 +186,11 @@ def main() -> None:
     plan = []
     if a.flat_hdbscan:
         plan += [(a.flat_hdbscan, m) for m in [*a.methods, "hdbscan"]]
-    plan += [(n, m) for n in a.sizes for m in a.methods]
+    for r in range(a.repeat):
+        plan += [(n, m, r) for n in a.sizes for m in (a.methods if r % 2 == 0 else a.methods[::-1])]
+    plan = [p if len(p) == 3 else (*p, 0) for p in plan]
     results = []
-    for n, method in plan:
+    for n, method, rnd in plan:
         t = time.time()
         data = write_dataset(n, work / f"data_{n}")
         print(f"[{n}] data ready ({time.time() - t:.0f}s); running {method}; load {load_avg()}",
@@ -194,7 +200,7 @@ def main() -> None:
 
         shutil.rmtree(out, ignore_errors=True)
         res = run_child(method, data, out, a.timeout, a.set)
-        res.update(overrides=a.set, n=n, load_avg=load_avg(), date=time.strftime("%Y-%m-%d %H:%M"))
+        res.update(overrides=a.set, n=n, round=rnd, load_avg=load_avg(), date=time.strftime("%Y-%m-%d %H:%M"))
         results.append(res)
         print(json.dumps(res), flush=True)
         with open(work / "results.jsonl", "a") as f:
@@ -207,6 +213,18 @@ def main() -> None:
             continue
         print(f"| {r['n']:,} | {r['method']} | {r['seconds']} | {r['reduce_seconds']} | {r['peak_rss_gb']} | "
               f"{r['ari']} | {r['clusters']} | {r['noise_frac']} |")
+
+    ok = [r for r in results if "error" not in r]
+    for n in a.sizes:
+        for m in a.methods[1:]:
+            ratios = []
+            for rnd in range(a.repeat):
+                t = {r["method"]: r["seconds"] for r in ok if r["n"] == n and r.get("round") == rnd}
+                if a.methods[0] in t and m in t:
+                    ratios.append(round(t[a.methods[0]] / t[m], 3))
+            if ratios:
+                print(f"\n{n:,} points: {a.methods[0]} / {m} wall time per round: {ratios} "
+                      f"(median {float(np.median(ratios)):.3f})")
 
 
 if __name__ == "__main__":
