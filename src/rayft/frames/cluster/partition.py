@@ -22,12 +22,10 @@ def _nearest(z: np.ndarray, c: np.ndarray, chunk: int = 262_144) -> np.ndarray:
     return out
 
 
-def _kmeans(z: np.ndarray, k: int, seed: int, sample: int = 100_000, iters: int = 15,
-            settle: float = 0.02) -> np.ndarray:
+def _kmeans(z: np.ndarray, k: int, seed: int, sample: int = 100_000, iters: int = 15) -> np.ndarray:
     """Centroids by k-means++ seeding + Lloyd steps on a sample, in plain numpy: only shard
     regions are needed, not a polished k-means, and this avoids sklearn's OpenMP start-up
-    (10+ s on a loaded 2-core machine for a 6,000-point fit). Stops once fewer than
-    ``settle`` of the sample change region in a step."""
+    (10+ s on a loaded 2-core machine for a 6,000-point fit)."""
     rng = np.random.default_rng(seed)
     x = z if len(z) <= sample else z[rng.choice(len(z), sample, replace=False)]
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -40,12 +38,8 @@ def _kmeans(z: np.ndarray, k: int, seed: int, sample: int = 100_000, iters: int 
         c[i] = x[rng.choice(len(x), p=p)]
         d2 = np.minimum(d2, ((x - c[i]) ** 2).sum(1))
     x64 = x.astype(np.float64)  # centroid sums in float64, converted once, not per iteration
-    prev = None
     for _ in range(iters):
         a = _nearest(x, c)
-        if prev is not None and np.count_nonzero(a != prev) <= settle * len(a):
-            break  # regions have settled: shard borders, not a polished k-means, are wanted
-        prev = a
         cnt = np.bincount(a, minlength=k)
         # centroid sums as a sparse one-hot product (scipy): np.add.at's unbuffered scatter
         # took 35 of the 39 s of partitioning 1M points
@@ -110,26 +104,24 @@ def face_distances(z: np.ndarray, c: np.ndarray, home: np.ndarray) -> np.ndarray
 def halo_guests(z: np.ndarray, c: np.ndarray, home: np.ndarray, halo_frac: float, cap: int,
                 chunk: int = 131_072) -> tuple[list[np.ndarray], float, np.ndarray, np.ndarray]:
     """Per partition: indices of guest points (nearest face first, capped so home + guests
-    <= cap); the halo width h (the halo_frac quantile of distance to the nearest face,
-    taken on a sample); each point's distance to its nearest face; each partition's
-    effective halo width (h, or less where the cap cut its guest list short)."""
+    <= cap); the halo width h (the halo_frac quantile of distance to the nearest face);
+    each point's distance to its nearest face; each partition's effective halo width
+    (h, or less where the cap cut its guest list short)."""
     k = len(c)
     if k == 1 or halo_frac <= 0:
         return ([np.zeros(0, dtype=np.int64) for _ in range(k)], 0.0,
                 np.full(len(z), np.inf if k == 1 else 0.0), np.zeros(k))
-    # h from a sample (one pass over all points instead of two; the quantile of 64k draws
-    # is within ~0.5 % of the exact one)
-    pick = np.random.default_rng(0).choice(len(z), min(len(z), 65_536), replace=False)
-    h = float(np.quantile(face_distances(z[pick], c, home[pick]).min(1), min(halo_frac, 1.0)))
-    pts, parts, dist, near = [], [], [], []
+    nearest_face = np.concatenate([face_distances(z[s:s + chunk], c, home[s:s + chunk]).min(1)
+                                   for s in range(0, len(z), chunk)])
+    h = float(np.quantile(nearest_face, min(halo_frac, 1.0)))
+    pts, parts, dist = [], [], []
     for s in range(0, len(z), chunk):
         f = face_distances(z[s:s + chunk], c, home[s:s + chunk])
-        near.append(f.min(1))
         i, j = np.nonzero(f <= h)
         pts.append(i + s)
         parts.append(j)
         dist.append(f[i, j])
-    pts, parts, dist, nearest_face = np.concatenate(pts), np.concatenate(parts), np.concatenate(dist), np.concatenate(near)
+    pts, parts, dist = np.concatenate(pts), np.concatenate(parts), np.concatenate(dist)
     room = cap - np.bincount(home, minlength=k)
     guests, h_eff = [], np.full(k, h)
     for j in range(k):
