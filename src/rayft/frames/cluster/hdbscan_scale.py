@@ -75,9 +75,8 @@ def hdbscan_labels(z: np.ndarray, min_cluster_size: int, min_samples: int = 0,
     return np.asarray(model.fit_predict(np.ascontiguousarray(z, dtype=np.float32)), dtype=np.int64)
 
 
-#: faiss's exact-search block (queries, database points): measured on this 2-core machine for
-#: 32-d shards of 12k and 20k points, k=21: 4096 x 1024 (faiss's default) 0.55 / 1.11 s,
-#: 256 x 2048 0.42 / 0.86 s (median of 4, one thread)
+#: faiss's exact-search block (queries, database points): ~20 % faster than faiss's default
+#: 4096 x 1024 for 12k-20k-point 32-d shards (benchmarks/faiss_blocks_bench.py, RESULTS.md)
 BLAS_BLOCKS = (256, 2048)
 
 
@@ -198,7 +197,8 @@ class RayShards:
         import ray
 
         task = ray.remote(num_cpus=self.cpus, max_retries=0)(_warm_task)
-        self._warming = [task.remote() for _ in range(self._slots())]
+        for _ in range(self._slots()):
+            task.remote()  # Ray runs a task whether or not its result is kept
 
     def __call__(self, z, homes, guests, k, brute_max):
         import ray
