@@ -103,6 +103,22 @@ def test_partitions_respect_target_and_halo_bounds(blobs):
     assert (near_face >= 0).all()
 
 
+def test_one_pass_halo_equals_two_passes_at_the_exact_quantile(blobs, monkeypatch):
+    x, _ = blobs
+    c, home = partition.build_partitions(x, 1000, seed=0)
+    # the reference: every point's nearest face, h = its exact quantile, guests within h
+    f = np.concatenate([partition.face_distances(x[s:s + 700], c, home[s:s + 700])  # same chunks:
+                        for s in range(0, len(x), 700)])  # BLAS rounding depends on them
+    near = f.min(1)
+    h_ref = float(np.quantile(near, 0.2))
+    want = [np.sort(np.flatnonzero(f[:, j] <= h_ref)) for j in range(len(c))]
+    for slack in (1.25, 0.5):  # 0.5: the sampled bound falls short of h -> the second pass runs
+        monkeypatch.setattr(partition, "BOUND_SLACK", slack)
+        guests, h, near_face, _ = partition.halo_guests(x, c, home, 0.2, cap=10**9, chunk=700)
+        assert h == h_ref and np.array_equal(near_face, near)
+        assert all(np.array_equal(g, w) for g, w in zip(guests, want))
+
+
 def test_union_of_partition_forests_is_the_global_mst():
     rng = np.random.default_rng(0)
     n, m = 400, 3000

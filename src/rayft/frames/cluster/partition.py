@@ -10,16 +10,39 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import sparse
 
 
 def _nearest(z: np.ndarray, c: np.ndarray, chunk: int = 262_144) -> np.ndarray:
     out = np.empty(len(z), dtype=np.int64)
     cn = (c * c).sum(1)
     for s in range(0, len(z), chunk):
-        x = z[s:s + chunk]
-        out[s:s + chunk] = np.argmin(cn[None, :] - 2.0 * x @ c.T, axis=1)
+        g = z[s:s + chunk] @ c.T
+        g *= -2.0  # in place: exactly cn - 2 x.c, without two more chunk x k temporaries
+        g += cn
+        out[s:s + chunk] = np.argmin(g, axis=1)
     return out
+
+
+_SUMS = None
+
+
+def _centroid_sums(a: np.ndarray, x64: np.ndarray, k: int) -> np.ndarray:
+    """Per region, the float64 sum of its points, added in point order (numba; the same sums,
+    bit for bit, as the sparse one-hot product it replaced, ~5x faster)."""
+    global _SUMS
+    if _SUMS is None:
+        import numba
+
+        @numba.njit(cache=True, nogil=True)
+        def sums(a, x, k):  # pragma: no cover - compiled
+            out = np.zeros((k, x.shape[1]))
+            for i in range(len(a)):
+                for q in range(x.shape[1]):
+                    out[a[i], q] += x[i, q]
+            return out
+
+        _SUMS = sums
+    return _SUMS(a, x64, k)
 
 
 def _kmeans(z: np.ndarray, k: int, seed: int, sample: int = 100_000, iters: int = 15) -> np.ndarray:
@@ -41,10 +64,7 @@ def _kmeans(z: np.ndarray, k: int, seed: int, sample: int = 100_000, iters: int 
     for _ in range(iters):
         a = _nearest(x, c)
         cnt = np.bincount(a, minlength=k)
-        # centroid sums as a sparse one-hot product (scipy): np.add.at's unbuffered scatter
-        # took 35 of the 39 s of partitioning 1M points
-        onehot = sparse.csr_matrix((np.ones(len(a)), (a, np.arange(len(a)))), shape=(k, len(a)))
-        new = np.asarray(onehot @ x64)
+        new = _centroid_sums(a, x64, k)  # np.add.at's unbuffered scatter took 35 of 39 s at 1M
         empty = cnt == 0
         new[~empty] /= cnt[~empty, None]
         new[empty] = c[empty]  # an empty region keeps its seed
@@ -93,12 +113,35 @@ def face_distances(z: np.ndarray, c: np.ndarray, home: np.ndarray) -> np.ndarray
     """(n, k) distance from each point to the Voronoi face between its home and each
     partition (inf for the home itself): (|x-c_j|^2 - |x-c_h|^2) / (2 |c_j - c_h|)."""
     cn = (c * c).sum(1)
-    d2 = cn[None, :] - 2.0 * z @ c.T + (z * z).sum(1, keepdims=True)
+    f = z @ c.T  # in place from here: the same values as the textbook expression, fewer temporaries
+    f *= -2.0
+    f += cn
+    f += (z * z).sum(1, keepdims=True)  # squared distance to every centroid
     cc = np.sqrt(np.maximum(((c[:, None, :] - c[None, :, :]) ** 2).sum(-1), 1e-12))
     rows = np.arange(len(z))
-    f = (d2 - d2[rows, home][:, None]) / (2.0 * cc[home])
+    f -= f[rows, home][:, None]
+    f /= 2.0 * cc[home]
     f[rows, home] = np.inf
     return f
+
+
+#: the one-pass halo keeps pairs within this many times a sample's quantile (see halo_guests)
+BOUND_SLACK = 1.25
+
+
+def _pairs_within(z, c, home, bound: float, chunk: int, nearest: list | None = None):
+    """(point, partition, face distance) for every face within ``bound`` of a point, chunk by
+    chunk; each point's nearest-face distance is appended to ``nearest`` when given."""
+    pts, parts, dist = [], [], []
+    for s in range(0, len(z), chunk):
+        f = face_distances(z[s:s + chunk], c, home[s:s + chunk])
+        if nearest is not None:
+            nearest.append(f.min(1))
+        i, j = np.nonzero(f <= bound)
+        pts.append(i + s)
+        parts.append(j)
+        dist.append(f[i, j])
+    return np.concatenate(pts), np.concatenate(parts), np.concatenate(dist)
 
 
 def halo_guests(z: np.ndarray, c: np.ndarray, home: np.ndarray, halo_frac: float, cap: int,
@@ -111,17 +154,23 @@ def halo_guests(z: np.ndarray, c: np.ndarray, home: np.ndarray, halo_frac: float
     if k == 1 or halo_frac <= 0:
         return ([np.zeros(0, dtype=np.int64) for _ in range(k)], 0.0,
                 np.full(len(z), np.inf if k == 1 else 0.0), np.zeros(k))
-    nearest_face = np.concatenate([face_distances(z[s:s + chunk], c, home[s:s + chunk]).min(1)
-                                   for s in range(0, len(z), chunk)])
-    h = float(np.quantile(nearest_face, min(halo_frac, 1.0)))
-    pts, parts, dist = [], [], []
-    for s in range(0, len(z), chunk):
-        f = face_distances(z[s:s + chunk], c, home[s:s + chunk])
-        i, j = np.nonzero(f <= h)
-        pts.append(i + s)
-        parts.append(j)
-        dist.append(f[i, j])
-    pts, parts, dist = np.concatenate(pts), np.concatenate(parts), np.concatenate(dist)
+    q = min(halo_frac, 1.0)
+    # One pass over the face distances: h is the exact quantile of every point's nearest-face
+    # distance, known only at the end, so the pass keeps the (point, partition) pairs within a
+    # bound from a sample's quantile (x 1.25) and cuts them to h after. If h exceeds the bound
+    # (the sample was off), a second pass takes them at h: the same guests either way.
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(len(z), min(len(z), 65_536), replace=False))
+    bound = BOUND_SLACK * float(np.quantile(face_distances(z[sample], c, home[sample]).min(1), q))
+    nf: list[np.ndarray] = []
+    pts, parts, dist = _pairs_within(z, c, home, bound, chunk, nf)
+    nearest_face = np.concatenate(nf)
+    h = float(np.quantile(nearest_face, q))
+    if h <= bound:
+        keep = dist <= h
+        pts, parts, dist = pts[keep], parts[keep], dist[keep]
+    else:
+        pts, parts, dist = _pairs_within(z, c, home, h, chunk)
     room = cap - np.bincount(home, minlength=k)
     guests, h_eff = [], np.full(k, h)
     for j in range(k):
