@@ -50,3 +50,36 @@ def test_cli_ray_tasks_on_matches_off_and_the_switch_is_not_a_new_clustering(ray
     assert cluster_cli(tmp_path / "emb", tmp_path / "on", "cluster.shard_size=1000", "cluster.ray_tasks=off") == 0
     assert "nothing to do" in capsys.readouterr().err  # where it runs is not what it computes
     assert (tmp_path / "on" / "labels.parquet").stat().st_mtime_ns == t0
+
+
+_OWN_RAY = r"""
+import os, sys, json, psutil
+sys.path.insert(0, sys.argv[3])
+import ray
+from test_cluster_run import cluster_cli
+before = {p.pid for p in psutil.Process().children(recursive=True)}
+rc = cluster_cli(sys.argv[1], sys.argv[2], "cluster.shard_size=1000", "cluster.ray_tasks=on", "cluster.task_cpus=0.5")
+left = [p.name() for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()
+        and p.status() != psutil.STATUS_ZOMBIE]
+print(json.dumps({"rc": rc, "initialized": ray.is_initialized(), "left": left}))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_cli_starts_its_own_ray_for_the_searches_and_shuts_it_down(tmp_path):
+    """Without a Ray to join, ray_tasks=on starts a local one; it is shut down (in the background
+    once the last search is in) and no Ray process of it is left when the command returns."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write_planted(tmp_path / "emb", n=3000)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
+    p = subprocess.run([sys.executable, "-c", _OWN_RAY, str(tmp_path / "emb"), str(tmp_path / "own"),
+                        str(Path(__file__).parent)], capture_output=True, text=True, timeout=280, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res == {"rc": 0, "initialized": False, "left": []}
+    assert "started a local Ray" in p.stderr
+    info = json.loads((tmp_path / "own" / "clusters.json").read_text())["hdbscan"]
+    assert info["knn_executor"].startswith("ray tasks") and info["shards"] >= 2

@@ -45,7 +45,7 @@ def _shard_runner(c, n: int):
     if c.ray_tasks == "auto" and not (ray.is_initialized() or os.environ.get("RAY_ADDRESS")):
         return None, False
     started = _env.ray_start()
-    return RayShards(cpus=c.task_cpus, max_in_flight=c.max_tasks), started
+    return RayShards(cpus=c.task_cpus, max_in_flight=c.max_tasks, shutdown_when_done=started), started
 
 
 def _log(msg: str) -> None:
@@ -154,9 +154,8 @@ def run_cluster(cfg) -> str:
                                c.halo_frac, c.knn_k, c.seed, log=_log, tasks=tasks,
                                refine_rounds=c.refine_rounds)
     finally:
-        if started:
-            import ray
-            ray.shutdown()
+        if tasks is not None:
+            tasks.close()  # shuts down the Ray this call started (already under way after the kNN)
     path_arr = pa.chunked_array(paths, type=pa.string()).combine_chunks()
     ep_arr = pa.chunked_array(eps, type=pa.string()).combine_chunks()
     clusters = summarize(z, labels, path_arr, ep_arr)
