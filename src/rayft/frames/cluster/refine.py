@@ -83,7 +83,31 @@ def _kernel():
                     changed[t] = True
         return changed
 
-    return new_entries, join
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def permute(idx, dist, order, rank):  # pragma: no cover - compiled
+        # row t of the result is row order[t] of the input, its ids renamed by rank (-1 kept)
+        n, k = idx.shape
+        pidx = np.empty((n, k), dtype=np.int32)
+        pdist = np.empty((n, k), dtype=np.float32)
+        for t in numba.prange(n):
+            o = order[t]
+            for a in range(k):
+                v = idx[o, a]
+                pidx[t, a] = rank[v] if v >= 0 else -1
+                pdist[t, a] = dist[o, a]
+        return pidx, pdist
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def unpermute(pidx, pdist, order, idx, dist):  # pragma: no cover - compiled
+        n, k = pidx.shape
+        for t in numba.prange(n):
+            o = order[t]
+            for a in range(k):
+                v = pidx[t, a]
+                idx[o, a] = order[v] if v >= 0 else -1
+                dist[o, a] = pdist[t, a]
+
+    return new_entries, join, permute, unpermute
 
 
 _KERNELS = None
@@ -109,15 +133,11 @@ def refine_knn(z: np.ndarray, home: np.ndarray, idx: np.ndarray, dist: np.ndarra
         return []
     if _KERNELS is None:
         _KERNELS = _kernel()
-    new_entries, join = _KERNELS
+    new_entries, join, permute, unpermute = _KERNELS
     order = np.argsort(home, kind="stable")
     rank = np.empty(n, dtype=np.int32)
     rank[order] = np.arange(n, dtype=np.int32)
-    pidx = np.empty(idx.shape, dtype=np.int32)
-    for s in range(0, n, 1 << 18):  # chunked: no n x k int64 temporaries
-        o = order[s:s + (1 << 18)]
-        pidx[s:s + len(o)] = np.where(idx[o] >= 0, rank[np.maximum(idx[o], 0)], -1)
-    pdist = dist[order]
+    pidx, pdist = permute(idx, dist, order, rank)  # no n x k int64 temporaries
     zp = np.ascontiguousarray(z[order], dtype=np.float32)
     part = home[order]
     starts = np.searchsorted(part, np.arange(int(part.max()) + 2))  # shard j = starts[j]..starts[j+1]-1
@@ -142,9 +162,5 @@ def refine_knn(z: np.ndarray, home: np.ndarray, idx: np.ndarray, dist: np.ndarra
         if out[-1]["core_2pct"] <= min_core_changed * len(prow):
             break
     del zp, new
-    for s in range(0, n, 1 << 18):
-        o = order[s:s + (1 << 18)]
-        pi = pidx[s:s + len(o)]
-        idx[o] = np.where(pi >= 0, order[np.maximum(pi, 0)], -1)
-    dist[order] = pdist
+    unpermute(pidx, pdist, order, idx, dist)
     return out
