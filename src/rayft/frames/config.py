@@ -74,7 +74,7 @@ class ClusterSection(Section):
                                              "tree; a single exact shard for small sets); flat = one "
                                              "fast_hdbscan call over all points (reference; memory "
                                              "grows with n, ~1 min numba compile per process)")
-    shard_size: int = opt(25_000, "max points (home + halo) in one neighbour search (bounds memory)", ge=1000)
+    shard_size: int = opt(16_000, "max points (home + halo) in one neighbour search (bounds memory)", ge=1000)
     halo_frac: float = opt(0.2, "fraction of points copied into a neighbouring shard's halo", ge=0, le=1)
     knn_k: int = opt(0, "neighbours kept per point in the sharded path; 0 = max(2*min_samples, 15)", ge=0)
     refine_rounds: int = opt(3, "cross-shard join rounds after the per-shard searches (neighbours' "

@@ -264,7 +264,7 @@ def _forests(shards: range, scratch: np.ndarray, homes, cross, nn_idx, nn_dist, 
 
 
 def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, selection: str = "leaf",
-                    shard_size: int = 25_000, halo_frac: float = 0.2, knn_k: int = 0, seed: int = 0,
+                    shard_size: int = 16_000, halo_frac: float = 0.2, knn_k: int = 0, seed: int = 0,
                     brute_max: int = 200_000, log: Log | None = None,
                     tasks: "ShardRunner | None" = None, refine_rounds: int = 3) -> tuple[np.ndarray, dict]:
     """Bounded-memory HDBSCAN (see module docstring). Returns (labels, info).
@@ -350,7 +350,7 @@ def sharded_hdbscan(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, 
 
 
 def cluster(z: np.ndarray, min_cluster_size: int, min_samples: int = 0, selection: str = "leaf",
-            method: str = "sharded", shard_size: int = 25_000, halo_frac: float = 0.2, knn_k: int = 0,
+            method: str = "sharded", shard_size: int = 16_000, halo_frac: float = 0.2, knn_k: int = 0,
             seed: int = 0, log: Log | None = None, tasks: ShardRunner | None = None,
             refine_rounds: int = 3) -> tuple[np.ndarray, dict]:
     """``sharded`` (rayft's path; one exact shard for small sets) or ``flat`` (one fast_hdbscan
