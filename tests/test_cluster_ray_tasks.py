@@ -69,12 +69,13 @@ print(json.dumps({"rc": rc, "initialized": ray.is_initialized(), "left": left}))
 def test_cli_starts_its_own_ray_for_the_searches_and_shuts_it_down(tmp_path):
     """Without a Ray to join, ray_tasks=on starts a local one; it is shut down (in the background
     once the last search is in) and no Ray process of it is left when the command returns."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
 
     write_planted(tmp_path / "emb", n=3000)
-    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     p = subprocess.run([sys.executable, "-c", _OWN_RAY, str(tmp_path / "emb"), str(tmp_path / "own"),
                         str(Path(__file__).parent)], capture_output=True, text=True, timeout=280, env=env)
     assert p.returncode == 0, p.stderr[-2000:]

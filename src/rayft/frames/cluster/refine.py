@@ -84,30 +84,18 @@ def _kernel():
         return changed
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def permute(idx, dist, order, rank):  # pragma: no cover - compiled
-        # row t of the result is row order[t] of the input, its ids renamed by rank (-1 kept)
+    def permute(idx, dist, rows, rename, out_idx, out_dist):  # pragma: no cover - compiled
+        # row t of out = row rows[t] of the input, its ids renamed by rename (-1 kept); with
+        # (order, rank) into shard order, with (rank, order) back
         n, k = idx.shape
-        pidx = np.empty((n, k), dtype=np.int32)
-        pdist = np.empty((n, k), dtype=np.float32)
         for t in numba.prange(n):
-            o = order[t]
+            o = rows[t]
             for a in range(k):
                 v = idx[o, a]
-                pidx[t, a] = rank[v] if v >= 0 else -1
-                pdist[t, a] = dist[o, a]
-        return pidx, pdist
+                out_idx[t, a] = rename[v] if v >= 0 else -1
+                out_dist[t, a] = dist[o, a]
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
-    def unpermute(pidx, pdist, order, idx, dist):  # pragma: no cover - compiled
-        n, k = pidx.shape
-        for t in numba.prange(n):
-            o = order[t]
-            for a in range(k):
-                v = pidx[t, a]
-                idx[o, a] = order[v] if v >= 0 else -1
-                dist[o, a] = pdist[t, a]
-
-    return new_entries, join, permute, unpermute
+    return new_entries, join, permute
 
 
 _KERNELS = None
@@ -133,11 +121,13 @@ def refine_knn(z: np.ndarray, home: np.ndarray, idx: np.ndarray, dist: np.ndarra
         return []
     if _KERNELS is None:
         _KERNELS = _kernel()
-    new_entries, join, permute, unpermute = _KERNELS
+    new_entries, join, permute = _KERNELS
     order = np.argsort(home, kind="stable")
     rank = np.empty(n, dtype=np.int32)
     rank[order] = np.arange(n, dtype=np.int32)
-    pidx, pdist = permute(idx, dist, order, rank)  # no n x k int64 temporaries
+    pidx = np.empty(idx.shape, dtype=np.int32)
+    pdist = np.empty(dist.shape, dtype=np.float32)
+    permute(idx, dist, order, rank, pidx, pdist)  # no n x k int64 temporaries
     zp = np.ascontiguousarray(z[order], dtype=np.float32)
     part = home[order]
     starts = np.searchsorted(part, np.arange(int(part.max()) + 2))  # shard j = starts[j]..starts[j+1]-1
@@ -162,5 +152,5 @@ def refine_knn(z: np.ndarray, home: np.ndarray, idx: np.ndarray, dist: np.ndarra
         if out[-1]["core_2pct"] <= min_core_changed * len(prow):
             break
     del zp, new
-    unpermute(pidx, pdist, order, idx, dist)
+    permute(pidx, pdist, rank, order, idx, dist)  # back: original row o sits at rank[o]
     return out
