@@ -96,6 +96,8 @@ def matrix() -> list[dict]:
     # train.loss_chunk (no batch x seq x vocab logits): beside lora-0.5b-ddp-w1 and the 1.5B nf4 row
     add("lora", m5, "ddp", 1, chunk=1024)
     add("lora", m15, "ddp", 1, quantize="nf4", chunk=1024)
+    # ... and beside the full 0.5B with its embeddings trained (issue 19 item 3)
+    add("full", m5, "zero3", 4, "o", chunk=1024)
     return rows
 
 

@@ -81,12 +81,12 @@ def test_logits_never_cover_the_whole_batch(monkeypatch):
     assert sum(s[0] for s in seen) == 2 * n_labelled  # forward + recomputed in backward
 
 
-def test_config_refuses_deepspeed(tmp_path):
+def test_config_takes_every_strategy_and_refuses_negative(tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text("data: {path: x.jsonl}\n")
     assert load(TrainConfig, p, ["train.loss_chunk=1024"]).train.loss_chunk == 1024
-    with pytest.raises(ConfigError, match="train.loss_chunk needs train.strategy=ddp"):
-        load(TrainConfig, p, ["train.loss_chunk=1024", "train.strategy=zero2"])
+    for strategy in ("zero2", "zero3"):  # tests/test_deepspeed_run.py trains ZeRO-3 with it
+        assert load(TrainConfig, p, ["train.loss_chunk=1024", f"train.strategy={strategy}"]).train.loss_chunk == 1024
     with pytest.raises(ConfigError, match="loss_chunk"):
         load(TrainConfig, p, ["train.loss_chunk=-1"])
 
@@ -99,3 +99,24 @@ def test_ddp_ignore_list_follows_the_wrapper():
     names = dict(w.named_parameters())
     assert w._ddp_params_and_buffers_to_ignore and all(n in names for n in w._ddp_params_and_buffers_to_ignore)
     assert not any("lora_" in n for n in w._ddp_params_and_buffers_to_ignore)
+
+
+def test_validation_sums_equal_the_full_logits_ones():
+    """The worker's validation loss with train.loss_chunk (no full logits) = without it."""
+    import numpy as np
+
+    from rayft.train.loop import _evaluate
+
+    m = tiny()
+    g = np.random.default_rng(3)
+    rows = []
+    for n in (12, 30, 21, 7, 25):  # uneven lengths: padded batches; prompt = first 5 tokens
+        ids = g.integers(1, 512, n)
+        lab = ids.copy()
+        lab[:5] = -100
+        rows.append((ids, lab))
+    full = _evaluate(m, rows, 2, 0, torch.device("cpu"))
+    for chunk in (3, 64):
+        s, c = _evaluate(m, rows, 2, 0, torch.device("cpu"), loss_chunk=chunk)
+        assert c == full[1] == sum(int((r[1][1:] != -100).sum()) for r in rows)
+        assert s == pytest.approx(full[0], rel=1e-5)

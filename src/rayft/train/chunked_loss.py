@@ -28,6 +28,18 @@ def _ce_sum(head: torch.nn.Module, h: torch.Tensor, y: torch.Tensor) -> torch.Te
     return F.cross_entropy(head(h).float(), y, reduction="sum")
 
 
+def _chunks(head: torch.nn.Module, rows: int, chunk: int) -> int:
+    """How many head calls this batch makes. Under ZeRO-3 each call gathers the head's weight,
+    a collective, so every rank makes as many as the rank with the most labelled positions
+    (the extra calls are on empty chunks); elsewhere just this rank's own."""
+    n = -(-rows // chunk)
+    if hasattr(head.weight, "ds_id") and torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.tensor([n], dtype=torch.int64, device=head.weight.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        n = int(t.item())
+    return n
+
+
 def labelled_ce(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, chunk: int,
                 attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,8 +56,8 @@ def labelled_ce(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.T
     y = y.index_select(0, keep)
     head = lm.get_output_embeddings()
     total = hidden.new_zeros((), dtype=torch.float32)
-    for i in range(0, h.size(0), chunk):
-        hi, yi = h[i:i + chunk], y[i:i + chunk]
+    for i in range(0, _chunks(head, h.size(0), chunk) * chunk, chunk):
+        hi, yi = h[i:i + chunk], y[i:i + chunk]  # past this rank's own rows: empty (loss 0)
         if torch.is_grad_enabled():
             total = total + checkpoint(_ce_sum, head, hi, yi, use_reentrant=False)
         else:
@@ -70,7 +82,8 @@ class ChunkedLossLM(torch.nn.Module):
 
 
 class _Out:
-    __slots__ = ("loss",)
+    """``.loss`` like a transformers output; a plain ``__dict__`` because DeepSpeed's ZeRO-3
+    post-forward hook walks ``vars(output)``."""
 
     def __init__(self, loss):
         self.loss = loss

@@ -104,7 +104,7 @@ class TrainSection(Section):
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     loss_chunk: int = opt(0, "cross-entropy N labelled positions at a time from the decoder's hidden "
                           "states, never the batch x seq x vocab logits (train/chunked_loss.py; "
-                          "strategy=ddp); 0: transformers' loss over full logits", ge=0)
+                          "any strategy); 0: transformers' loss over full logits", ge=0)
     stop_after_steps: int = opt(0, "stop (checkpointed) after this many steps of this launch, "
                                 "without finishing; rerun to resume (0 disables)", ge=0)
     freeze_embeddings: bool = opt(
@@ -138,9 +138,6 @@ class TrainSection(Section):
         if self.freeze_embeddings and self.method != "full":
             raise ConfigError("train.freeze_embeddings applies to train.method=full (LoRA already "
                               "freezes every base weight)")
-        if self.loss_chunk and self.strategy != "ddp":
-            raise ConfigError(f"train.loss_chunk needs train.strategy=ddp (not yet under DeepSpeed), "
-                              f"got {self.strategy}")
         if self.deepspeed_config and self.strategy == "ddp":
             raise ConfigError("train.deepspeed_config is only used with train.strategy=zero2 or zero3")
         return self

@@ -424,7 +424,8 @@ class Worker:
         bs, n = self.cfg.train.batch_size, None
         if self.engine.lockstep_eval:
             n = int(max(self.gather(-(-len(self.data.val) // bs))))
-        s, c = _evaluate(self.engine.eval_model, self.data.val, bs, self.tok.pad_token_id, self.device, n)
+        s, c = _evaluate(self.engine.eval_model, self.data.val, bs, self.tok.pad_token_id, self.device, n,
+                         self.cfg.train.loss_chunk)
         s, c = self.all_sum([s, c])
         return s / c if c else None
 
@@ -470,11 +471,14 @@ def _pull_shard(name: str) -> list[Row]:
     return rows
 
 
-def _evaluate(model, rows, bs: int, pad_id: int, device, n_batches: int | None = None) -> tuple[float, float]:
+def _evaluate(model, rows, bs: int, pad_id: int, device, n_batches: int | None = None,
+              loss_chunk: int = 0) -> tuple[float, float]:
     """(sum of token losses, token count) over this worker's rows.
 
     ``n_batches`` > this worker's own count pads with loss-free dummy batches: under ZeRO-3
-    every forward gathers parameters collectively, so all workers must run as many."""
+    every forward gathers parameters collectively, so all workers must run as many.
+    ``loss_chunk`` (train.loss_chunk): the same sums from chunked_loss.labelled_ce, so
+    validation never builds the batch x seq x vocab logits either."""
     model.eval()
     tot, cnt = 0.0, 0.0
     own = -(-len(rows) // bs)
@@ -483,6 +487,11 @@ def _evaluate(model, rows, bs: int, pad_id: int, device, n_batches: int | None =
         for j in range(max(own, n_batches or 0)):
             ex = [(r[0], r[1]) for r in rows[j * bs:(j + 1) * bs]] or dummy
             b = {k: v.to(device) for k, v in collate(ex, pad_id).items()}
+            if loss_chunk:
+                from .chunked_loss import labelled_ce
+                s, c = labelled_ce(model, b["input_ids"], b["labels"], loss_chunk, b["attention_mask"])
+                tot, cnt = tot + s.item(), cnt + c.item()
+                continue
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
             lab = b["labels"][:, 1:]
             lp = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),

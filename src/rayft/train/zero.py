@@ -105,10 +105,15 @@ class ZeroEngine:
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         params = [p for p in model.parameters() if p.requires_grad]
         opt, self.sched = make_optimizer(cfg, params)
-        self.engine, self.zopt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config,
+        wrapped = model
+        if cfg.train.loss_chunk:  # the engine's module computes the chunked loss (chunked_loss.py);
+            from .chunked_loss import ChunkedLossLM  # ZeRO-3 gathers the head per chunk call
+            wrapped = ChunkedLossLM(model, cfg.train.loss_chunk)
+        self.engine, self.zopt, _, _ = deepspeed.initialize(model=wrapped, optimizer=opt, config=ds_config,
                                                             dist_init_required=False)
         self.basic = opt
-        self.model = self.eval_model = self.engine.module
+        self.lm = model  # the causal LM itself (the engine's module, or inside ChunkedLossLM)
+        self.model, self.eval_model = self.engine.module, model
 
     def wrap(self, prepare_model) -> None:  # DeepSpeed already placed and wrapped the model
         return None
@@ -126,7 +131,7 @@ class ZeroEngine:
         return self.basic.param_groups[0]["lr"]
 
     def _trainable(self):
-        named = dict(self.engine.module.named_parameters())
+        named = dict(self.lm.named_parameters())
         return [(n, named[n]) for n in self.names]
 
     # ---- checkpoints -------------------------------------------------------------------
@@ -166,10 +171,10 @@ class ZeroEngine:
         if self.stage == 2:  # parameters are whole on every rank
             if rank == 0:
                 from .checkpoint import save_model
-                save_model(self.engine.module, self.tok, directory, self.cfg.train.method)
+                save_model(self.lm, self.tok, directory, self.cfg.train.method)
             return
         from .zero_io import save_zero3_artifact
-        save_zero3_artifact(self.engine.module, self.tok, directory, self.cfg.train.method, rank)
+        save_zero3_artifact(self.lm, self.tok, directory, self.cfg.train.method, rank)
 
     def _materialize_optimizer_state(self) -> None:
         """AdamW creates its moments lazily at the first step, and ZeRO (with nvme: its swap
