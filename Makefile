@@ -34,7 +34,7 @@ run: $(STAMP)
 	$(BIN)/rayft train --config configs/demo.yaml $(ARGS)
 
 test: lint
-	$(BIN)/python -m pytest -q -ra --durations=25 $(ARGS)
+	$(BIN)/python -m pytest -q -ra --durations=60 $(ARGS)
 
 # pyflakes checks (seconds) before the suite (minutes).
 lint: $(STAMP)
