@@ -147,22 +147,55 @@ class ZeroEngine:
                          scheduler=self.sched.state_dict())
             (directory / STATE).write_text(json.dumps(state, indent=2, default=str))
 
-    def _save_shards(self, out: Path, rank: int, world: int) -> None:
+    def _full_states(self):
+        """(index, name, key, full tensor) for every trainable parameter and key, in the same
+        order on every rank: each tensor is a collective (all-gather / all-reduce).
+
+        With nvme optimizer offload under ZeRO-3, DeepSpeed's safe_get_full_* swap the whole
+        optimizer sub-group in from nvme and release it again for every parameter and key
+        (full 0.5B, 4 workers: ~870 swap-ins of ~240 MB, a final checkpoint still unfinished
+        after 12 min). Here each sub-group is swapped in once, all of its parameters' fp32
+        weights and moments are gathered from the swapped-in buffers, and it is released:
+        the same tensors as safe_get_full_*, read the same way (get_full_hp_param)."""
         from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
+        z = self.zopt
+        nvme = self.stage == 3 and getattr(z, "swap_optimizer", False)
+        group = None
+        try:
+            for i, (name, p) in enumerate(self._trainable()):
+                if not nvme:
+                    for key in ("fp32", *MOMENTS):
+                        yield i, name, key, (safe_get_full_fp32_param(p) if key == "fp32"
+                                             else safe_get_full_optimizer_state(p, key))
+                    continue
+                g, offset, n = z.grad_position[z.get_param_id(p)]
+                if g != group:
+                    if group is not None and z._swappable_optimizer_subgroup(group):
+                        z._release_swap_buffers(group)
+                    group = g
+                    if z._swappable_optimizer_subgroup(g):
+                        z._optimizer_states_and_gradient_swap_in(g)
+                flat = z.fp32_partitioned_groups_flat[g]
+                for key in ("fp32", *MOMENTS):
+                    part = flat if key == "fp32" else z.optimizer.state[flat][key]
+                    yield i, name, key, z._fp32_state_allgather(p, part.narrow(0, offset, n))
+        finally:
+            if group is not None and z._swappable_optimizer_subgroup(group):
+                z._release_swap_buffers(group)
+
+    def _save_shards(self, out: Path, rank: int, world: int) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        buf, size, k = {}, 0, 0
-        for i, (name, p) in enumerate(self._trainable()):
-            for key in ("fp32", *MOMENTS):
-                # collective (all-gather / all-reduce): every rank runs every call, in order
-                t = safe_get_full_fp32_param(p) if key == "fp32" else safe_get_full_optimizer_state(p, key)
-                if i % world == rank:
-                    buf[f"{name}::{key}"] = t.detach().to("cpu", torch.float32).contiguous()
-                    size += t.numel() * 4
-                del t
-            if size >= SHARD_BYTES:
+        buf, size, k, last = {}, 0, 0, None
+        for i, name, key, t in self._full_states():
+            if i != last and size >= SHARD_BYTES:  # a parameter's tensors stay in one file
                 save_file(buf, str(out / f"rank{rank}-{k:03d}.safetensors"))
                 buf, size, k = {}, 0, k + 1
+            last = i
+            if i % world == rank:
+                buf[f"{name}::{key}"] = t.detach().to("cpu", torch.float32).contiguous()
+                size += t.numel() * 4
+            del t
         if buf or k == 0:
             save_file(buf, str(out / f"rank{rank}-{k:03d}.safetensors"))
 
