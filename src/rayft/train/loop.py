@@ -479,6 +479,8 @@ def _evaluate(model, rows, bs: int, pad_id: int, device, n_batches: int | None =
     every forward gathers parameters collectively, so all workers must run as many.
     ``loss_chunk`` (train.loss_chunk): the same sums from chunked_loss.labelled_ce, so
     validation never builds the batch x seq x vocab logits either."""
+    from .chunked_loss import labelled_ce
+
     model.eval()
     tot, cnt = 0.0, 0.0
     own = -(-len(rows) // bs)
@@ -488,7 +490,6 @@ def _evaluate(model, rows, bs: int, pad_id: int, device, n_batches: int | None =
             ex = [(r[0], r[1]) for r in rows[j * bs:(j + 1) * bs]] or dummy
             b = {k: v.to(device) for k, v in collate(ex, pad_id).items()}
             if loss_chunk:
-                from .chunked_loss import labelled_ce
                 s, c = labelled_ce(model, b["input_ids"], b["labels"], loss_chunk, b["attention_mask"])
                 tot, cnt = tot + s.item(), cnt + c.item()
                 continue

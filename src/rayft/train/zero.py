@@ -112,8 +112,9 @@ class ZeroEngine:
         self.engine, self.zopt, _, _ = deepspeed.initialize(model=wrapped, optimizer=opt, config=ds_config,
                                                             dist_init_required=False)
         self.basic = opt
-        self.lm = model  # the causal LM itself (the engine's module, or inside ChunkedLossLM)
-        self.model, self.eval_model = self.engine.module, model
+        # as in DDPEngine: the causal LM itself (the engine's module, or inside ChunkedLossLM)
+        self.unwrapped = self.eval_model = model
+        self.model = self.engine.module
 
     def wrap(self, prepare_model) -> None:  # DeepSpeed already placed and wrapped the model
         return None
@@ -131,7 +132,7 @@ class ZeroEngine:
         return self.basic.param_groups[0]["lr"]
 
     def _trainable(self):
-        named = dict(self.lm.named_parameters())
+        named = dict(self.unwrapped.named_parameters())
         return [(n, named[n]) for n in self.names]
 
     # ---- checkpoints -------------------------------------------------------------------
@@ -162,6 +163,11 @@ class ZeroEngine:
         z = self.zopt
         nvme = self.stage == 3 and getattr(z, "swap_optimizer", False)
         group = None
+
+        def release(g):
+            if g is not None and z._swappable_optimizer_subgroup(g):
+                z._release_swap_buffers(g)
+
         try:
             for i, (name, p) in enumerate(self._trainable()):
                 if not nvme:
@@ -171,8 +177,7 @@ class ZeroEngine:
                     continue
                 g, offset, n = z.grad_position[z.get_param_id(p)]
                 if g != group:
-                    if group is not None and z._swappable_optimizer_subgroup(group):
-                        z._release_swap_buffers(group)
+                    release(group)
                     group = g
                     if z._swappable_optimizer_subgroup(g):
                         z._optimizer_states_and_gradient_swap_in(g)
@@ -181,8 +186,7 @@ class ZeroEngine:
                     part = flat if key == "fp32" else z.optimizer.state[flat][key]
                     yield i, name, key, z._fp32_state_allgather(p, part.narrow(0, offset, n))
         finally:
-            if group is not None and z._swappable_optimizer_subgroup(group):
-                z._release_swap_buffers(group)
+            release(group)
 
     def _save_shards(self, out: Path, rank: int, world: int) -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -204,10 +208,10 @@ class ZeroEngine:
         if self.stage == 2:  # parameters are whole on every rank
             if rank == 0:
                 from .checkpoint import save_model
-                save_model(self.lm, self.tok, directory, self.cfg.train.method)
+                save_model(self.unwrapped, self.tok, directory, self.cfg.train.method)
             return
         from .zero_io import save_zero3_artifact
-        save_zero3_artifact(self.lm, self.tok, directory, self.cfg.train.method, rank)
+        save_zero3_artifact(self.unwrapped, self.tok, directory, self.cfg.train.method, rank)
 
     def _materialize_optimizer_state(self) -> None:
         """AdamW creates its moments lazily at the first step, and ZeRO (with nvme: its swap
