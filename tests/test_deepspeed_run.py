@@ -56,20 +56,24 @@ def test_zero2_full_learns_and_saves_a_loadable_model(zero2_full):
 def test_zero3_full_resume_continues_the_same_curve(zero2_full, tmp_path):
     """Stop a ZeRO-3 run at step 3, rerun: steps 4-6 match the uninterrupted run (sharded
     weights, AdamW moments, step count, schedule and RNG all restored). The ZeRO-3 runs take
-    their loss chunked (train.loss_chunk: the head gathered per chunk call, no full logits), the
-    ZeRO-2 reference transformers' loss over full logits: same curve, same weights."""
+    their loss chunked (train.loss_chunk: the head gathered per chunk call, no full logits) and
+    the tied embedding/head as 3 vocabulary slices (train.vocab_chunks: partitioned, gathered,
+    checkpointed and restored one slice at a time), the ZeRO-2 reference transformers' loss over
+    the whole matrix's full logits: same curve, same weights, and the saved model/ is the
+    ordinary Hugging Face layout again (one embed_tokens.weight)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from rayft.train.export import ExportConfig, run_export
 
-    c = ("train.method=full", "train.strategy=zero3", "train.lr=0.001", "train.loss_chunk=64")
+    c = ("train.method=full", "train.strategy=zero3", "train.lr=0.001", "train.loss_chunk=64", "train.vocab_chunks=3")
     first = Path(run_training(cfg(tmp_path, "z3", *c, "train.stop_after_steps=3")))
     rep1 = json.loads((first / "report.json").read_text())
     assert rep1["steps"] == 3 and not rep1["finished"]
     second = Path(run_training(cfg(tmp_path, "z3", *c)))
     rep2 = json.loads((second / "report.json").read_text())
     assert rep2["resumed_from_step"] == 3 and rep2["finished"] and rep2["config"]["train"]["loss_chunk"] == 64
+    assert any(k.startswith("model.embed_tokens.slices.2.weight::") for k in _shard_keys(second))
     ref, got = losses(zero2_full), losses(second)
     assert sorted(got) == sorted(ref)
     for step in (4, 5, 6):  # ZeRO-2 and ZeRO-3 compute the same math; a lost moment/lr shows at 1e-2
@@ -77,10 +81,21 @@ def test_zero3_full_resume_continues_the_same_curve(zero2_full, tmp_path):
     # the ZeRO-3 (gathered) model is a whole HF model, and export copies it
     a = AutoModelForCausalLM.from_pretrained(str(second / "model"), use_safetensors=True)
     b = AutoModelForCausalLM.from_pretrained(str(zero2_full / "model"), use_safetensors=True)
+    assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.allclose(p, q, atol=1e-4), n
     out = Path(run_export(ExportConfig(run=str(second), output=str(tmp_path / "exported"))))
     assert (out / "model.safetensors").exists()
+
+
+def _shard_keys(run: Path) -> set[str]:
+    from safetensors import safe_open
+
+    keys = set()
+    for f in run.glob("checkpoints/*/zero/*.safetensors"):
+        with safe_open(str(f), framework="pt") as h:
+            keys.update(h.keys())
+    return keys
 
 
 def _async_io_built() -> bool:

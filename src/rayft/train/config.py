@@ -105,6 +105,10 @@ class TrainSection(Section):
     loss_chunk: int = opt(0, "cross-entropy N labelled positions at a time from the decoder's hidden "
                           "states, never the batch x seq x vocab logits (train/chunked_loss.py; "
                           "any strategy); 0: transformers' loss over full logits", ge=0)
+    vocab_chunks: int = opt(0, "zero3 only: split the input embedding and output head into N "
+                            "vocabulary slices that ZeRO-3 gathers, reduces and swaps one at a time "
+                            "(train/vocab_chunks.py): a 152k-token embedding is never whole with its "
+                            "full gradient on a worker; 0: off", ge=0)
     stop_after_steps: int = opt(0, "stop (checkpointed) after this many steps of this launch, "
                                 "without finishing; rerun to resume (0 disables)", ge=0)
     freeze_embeddings: bool = opt(
@@ -138,6 +142,9 @@ class TrainSection(Section):
         if self.freeze_embeddings and self.method != "full":
             raise ConfigError("train.freeze_embeddings applies to train.method=full (LoRA already "
                               "freezes every base weight)")
+        if self.vocab_chunks and self.strategy != "zero3":
+            raise ConfigError(f"train.vocab_chunks={self.vocab_chunks} needs train.strategy=zero3 (only ZeRO-3 "
+                              f"partitions the embedding; with {self.strategy} it is whole on every worker)")
         if self.deepspeed_config and self.strategy == "ddp":
             raise ConfigError("train.deepspeed_config is only used with train.strategy=zero2 or zero3")
         return self

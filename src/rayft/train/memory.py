@@ -90,12 +90,16 @@ def estimate(cfg: TrainConfig, shape: ModelShape, dtype: str = "float32") -> Est
     t, W = cfg.train, cfg.scaling.num_workers
     B = dtype_bytes(dtype)
     N = shape.n_params
+    largest = shape.largest_param
+    if t.vocab_chunks and t.strategy == "zero3" and shape.embed_params:
+        # the embedding/head as vocabulary slices, gathered and swapped one at a time (vocab_chunks.py)
+        largest = max(shape.largest_non_embed, -(-shape.vocab // t.vocab_chunks) * shape.hidden)
     if t.method == "lora":
         T, largest_trainable = shape.lora_params, 0
     elif t.freeze_embeddings:
         T, largest_trainable = N - shape.embed_params, shape.largest_non_embed
     else:
-        T, largest_trainable = N, shape.largest_param
+        T, largest_trainable = N, largest
     zero = t.strategy in ("zero2", "zero3")
     opt_nvme = t.offload_optimizer == "nvme"
     p = {}
@@ -109,7 +113,7 @@ def estimate(cfg: TrainConfig, shape: ModelShape, dtype: str = "float32") -> Est
             p["weights"] = N * B / W
         # the largest parameter all-gathered, the layer being computed, and the largest trainable
         # parameter's full-size gradient before it is reduce-scattered
-        p["gathered"] = (shape.largest_param + shape.layer_params + largest_trainable) * B
+        p["gathered"] = (largest + shape.layer_params + largest_trainable) * B
     elif cfg.model.quantize in ("int8", "nf4"):  # ddp only: bitsandbytes linears, embeddings bf16 (lowbit.py)
         from .lowbit import BASE_BYTES
         p["weights"] = (N - shape.embed_params) * BASE_BYTES[cfg.model.quantize] + shape.embed_params * 2

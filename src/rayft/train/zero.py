@@ -102,6 +102,9 @@ class ZeroEngine:
             from transformers.integrations.deepspeed import HfDeepSpeedConfig
             self._hf_ds = HfDeepSpeedConfig(ds_config)
         model = build_model(cfg, source, tok)
+        if cfg.train.vocab_chunks:  # before initialize: ZeRO-3 partitions each slice on its own
+            from .vocab_chunks import chunk_vocab
+            chunk_vocab(model, cfg.train.vocab_chunks)
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         params = [p for p in model.parameters() if p.requires_grad]
         opt, self.sched = make_optimizer(cfg, params)
@@ -247,7 +250,7 @@ class ZeroEngine:
             for key in ("fp32", *MOMENTS):
                 if f"{name}::{key}" not in index:
                     raise RuntimeError(f"{directory}: no {key} for parameter {name} (was the checkpoint "
-                                       "written with a different train.method or lora config?)")
+                                       "written with a different train.method, lora config or train.vocab_chunks?)")
             fp32 = index.get(f"{name}::fp32")
             safe_set_full_fp32_param(p, fp32)
             set_lp_param(p, fp32, self.stage)  # the model's own (possibly bf16) copy

@@ -82,15 +82,22 @@ def save_zero3_artifact(module, tok, directory: Path, method: str, rank: int) ->
             if rank == 0:
                 module.save_pretrained(str(directory / "adapter"), safe_serialization=True)
     else:
+        from .vocab_chunks import artifact_layout
+
         out = directory / "model"
-        named = list(module.named_parameters())  # tied weights appear once, like save_pretrained
+        # one unit per Hugging Face tensor: a parameter, or the vocabulary slices (train.vocab_chunks)
+        # written back as the one embedding/head matrix; tied weights appear once, like save_pretrained
+        layout = artifact_layout(module)
+        units: dict[str, list] = {}
+        for name, p in module.named_parameters():
+            units.setdefault(layout[name][0] if name in layout else name, []).append((name, p))
         plan, cur, size = [], [], 0
-        for name, p in named:
-            nbytes = p.ds_numel * p.element_size() if hasattr(p, "ds_numel") else p.numel() * p.element_size()
+        for hf, members in units.items():
+            nbytes = sum((p.ds_numel if hasattr(p, "ds_numel") else p.numel()) * p.element_size() for _, p in members)
             if cur and size + nbytes > SHARD_BYTES:
                 plan.append(cur)
                 cur, size = [], 0
-            cur.append(name)
+            cur.append(hf)
             size += nbytes
         plan.append(cur)
         shard_of = {n: i for i, names in enumerate(plan) for n in names}
@@ -99,15 +106,22 @@ def save_zero3_artifact(module, tok, directory: Path, method: str, rank: int) ->
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
         buf, total, weight_map = {}, 0, {}
-        for i, (name, p) in enumerate(named):
-            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                if rank == 0:
-                    buf[name] = p.data.detach().to("cpu").clone().contiguous()
-            last_of_shard = i + 1 == len(named) or shard_of[named[i + 1][0]] != shard_of[name]
+        order = list(units)
+        for i, hf in enumerate(order):
+            for name, p in units[hf]:  # one parameter (one slice) gathered at a time
+                with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                    if rank == 0 and name in layout:
+                        _, lo, rows = layout[name]
+                        if hf not in buf:
+                            buf[hf] = torch.empty((rows, *p.shape[1:]), dtype=p.dtype)
+                        buf[hf][lo:lo + p.shape[0]].copy_(p.data.detach())
+                    elif rank == 0:
+                        buf[hf] = p.data.detach().to("cpu").clone().contiguous()
+            last_of_shard = i + 1 == len(order) or shard_of[order[i + 1]] != shard_of[hf]
             if rank == 0 and last_of_shard:
-                if shard_of[name] == len(plan) - 1:
+                if shard_of[hf] == len(plan) - 1:
                     buf.update({k: b.detach().cpu().contiguous() for k, b in _persistent_buffers(module).items()})
-                f = files[shard_of[name]]
+                f = files[shard_of[hf]]
                 save_file(buf, str(out / f), metadata={"format": "pt"})
                 for k, t in buf.items():
                     weight_map[k] = f
