@@ -64,14 +64,14 @@ def matrix() -> list[dict]:
     """(name, model, method, strategy, workers, offload) in run order: headline targets first."""
     rows = []
 
-    def add(method, model, strategy, w, off="", freeze=False, quantize="none", chunk=0):
+    def add(method, model, strategy, w, off="", freeze=False, quantize="none", chunk=0, vchunks=0):
         name = (f"{method}-{model.split('-')[1]}-{strategy}-w{w}" + (f"-off{off}" if off else "")
                 + ("-frozen-emb" if freeze else "") + (f"-q-{quantize}" if quantize != "none" else "")
-                + (f"-lc{chunk}" if chunk else ""))
+                + (f"-lc{chunk}" if chunk else "") + (f"-vc{vchunks}" if vchunks else ""))
         rows.append({"name": name, "model": model, "method": method, "strategy": strategy, "workers": w,
                      "offload_optimizer": "nvme" if "o" in off else "none",
                      "offload_params": "nvme" if "p" in off else "none", "freeze_embeddings": freeze,
-                     "quantize": quantize, "loss_chunk": chunk})
+                     "quantize": quantize, "loss_chunk": chunk, "vocab_chunks": vchunks})
     m5, m15 = "qwen2.5-0.5b", "qwen2.5-1.5b"
     add("lora", m5, "ddp", 1)
     add("lora", m15, "zero3", 2)
@@ -98,6 +98,8 @@ def matrix() -> list[dict]:
     add("lora", m15, "ddp", 1, quantize="nf4", chunk=1024)
     # ... and beside the full 0.5B with its embeddings trained (issue 19 item 3)
     add("full", m5, "zero3", 4, "o", chunk=1024)
+    # train.vocab_chunks: the trained embedding/head gathered and swapped one vocabulary slice at a time
+    add("full", m5, "zero3", 4, "o", chunk=1024, vchunks=8)
     return rows
 
 
@@ -137,7 +139,7 @@ def overrides(row: dict, model_dir: Path, pairs: Path, steps: int, seq: int) -> 
             f"scaling.num_workers={w}", f"scaling.cpus_per_worker={min(1.0, 2.0 / w):g}",
             "scaling.torch_threads=1", "scaling.max_failures=0", "memory.budget_gb=0", "memory.malloc=compact",
             "generate.prompt=", f"model.quantize={row.get('quantize', 'none')}",
-            f"train.loss_chunk={row.get('loss_chunk', 0)}"]
+            f"train.loss_chunk={row.get('loss_chunk', 0)}", f"train.vocab_chunks={row.get('vocab_chunks', 0)}"]
 
 
 def estimate_for(ov: list[str]):
@@ -202,6 +204,12 @@ def run_one(row: dict, dirs: dict, pairs: Path, steps: int, seq: int, timeout: i
         text = log.read_text(errors="replace")
         oom = "were killed due to the node running low on memory" in text
         res.update(status="node-oom" if oom else "failed", reason=text[-1500:])
+        for f in ("memory.json", "metrics.jsonl"):  # what a failed run measured survives the cleanup
+            if (run_dir / f).is_file():
+                keep = OUT / "failed" / row["name"] / f
+                keep.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(run_dir / f, keep)
+                res.setdefault("kept", []).append(str(keep))
     shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints of 0.5B/1.5B models are GBs
     return res
 

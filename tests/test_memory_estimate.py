@@ -107,6 +107,8 @@ def test_refusal_names_numbers_and_what_fits(qwen05):
     msg = str(e.value)
     assert "exceeds the watchdog line 3.60 GB" in msg and "memory.budget_gb=4" in msg
     assert "would fit:" in msg and "train.strategy=zero3" in msg
+    # the embeddings kept trained: sliced by vocabulary (train.vocab_chunks) before frozen
+    assert "train.vocab_chunks=8" in msg
     for s in suggestions(full_ddp, qwen05, "float32", 3.6 * GB):
         assert float(s.rsplit("-> ", 1)[1].split(" GB")[0]) <= 3.6
     # the same profile admits LoRA on one worker

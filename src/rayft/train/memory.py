@@ -90,10 +90,7 @@ def estimate(cfg: TrainConfig, shape: ModelShape, dtype: str = "float32") -> Est
     t, W = cfg.train, cfg.scaling.num_workers
     B = dtype_bytes(dtype)
     N = shape.n_params
-    largest = shape.largest_param
-    if t.vocab_chunks and t.strategy == "zero3" and shape.embed_params:
-        # the embedding/head as vocabulary slices, gathered and swapped one at a time (vocab_chunks.py)
-        largest = max(shape.largest_non_embed, -(-shape.vocab // t.vocab_chunks) * shape.hidden)
+    largest = largest_param(shape, t.vocab_chunks if t.strategy == "zero3" else 0)
     if t.method == "lora":
         T, largest_trainable = shape.lora_params, 0
     elif t.freeze_embeddings:
@@ -108,7 +105,7 @@ def estimate(cfg: TrainConfig, shape: ModelShape, dtype: str = "float32") -> Est
     if t.strategy == "zero3":
         if t.offload_params == "nvme":
             # buffer pool sized for the largest parameter partition (see nvme_param_buffer)
-            p["weights"] = NVME_PARAM_BUFFERS * nvme_param_buffer(shape, W) * B
+            p["weights"] = NVME_PARAM_BUFFERS * nvme_param_buffer(shape, W, t.vocab_chunks) * B
         else:
             p["weights"] = N * B / W
         # the largest parameter all-gathered, the layer being computed, and the largest trainable
@@ -124,9 +121,12 @@ def estimate(cfg: TrainConfig, shape: ModelShape, dtype: str = "float32") -> Est
         p["master"] = 0.0 if opt_nvme else 4 * T / W
         p["grads"] = 4 * T / W + (largest_trainable * B if t.strategy == "zero2" else 0)
         if opt_nvme:
-            # swap buffers: 4 x one sub-group's partition (fp32 weights, grads, 2 moments); a
-            # sub-group is sub_group_size elements, or the largest parameter if that is bigger
-            p["optimizer"] = 4 * 4 * min(T, max(SUB_GROUP, largest_trainable)) / W
+            # swap buffers: 4 x the largest sub-group (fp32 weights, grads, 2 moments). DeepSpeed
+            # fills a sub-group with this rank's parameter partitions up to sub_group_size elements
+            # (stage3._create_fp16_sub_groups: partition_numel, not the whole parameter), or one
+            # partition if that is bigger (measured: the vocab_chunks=8 row's RSS after the build
+            # was 0.33 GB over the estimate that divided sub_group_size by the workers)
+            p["optimizer"] = 4 * 4 * min(T / W, max(SUB_GROUP, largest_trainable / W))
         else:
             p["optimizer"] = 8 * T / W
     else:
@@ -161,10 +161,17 @@ def estimate(cfg: TrainConfig, shape: ModelShape, dtype: str = "float32") -> Est
     return Estimate(p)
 
 
-def nvme_param_buffer(shape: ModelShape, world: int) -> int:
+def largest_param(shape: ModelShape, vocab_chunks: int = 0) -> int:
+    """Elements of the largest parameter: with train.vocab_chunks (ZeRO-3) the embedding/head is
+    vocabulary slices (vocab_chunks.py), each its own parameter."""
+    if vocab_chunks and shape.embed_params:
+        return max(shape.largest_non_embed, -(-shape.vocab // vocab_chunks) * shape.hidden)
+    return shape.largest_param
+
+
+def nvme_param_buffer(shape: ModelShape, world: int, vocab_chunks: int = 0) -> int:
     """Elements per nvme parameter buffer: must hold the largest parameter's partition."""
-    part = -(-shape.largest_param // world)
-    return max(int(1e7), part)
+    return max(int(1e7), -(-largest_param(shape, vocab_chunks) // world))
 
 
 def stop_line_bytes(cfg: TrainConfig) -> float:
@@ -212,6 +219,13 @@ def suggestions(cfg: TrainConfig, shape: ModelShape, dtype: str, limit: float) -
                 break
         if done:
             break
+    if t.method == "full" and not t.freeze_embeddings and shape.embed_params and not t.vocab_chunks:
+        for w in sorted({W, 2, 4, 8}):  # the embedding trained, one vocabulary slice gathered at a time
+            if w >= W and fits(f"{prefix}train.vocab_chunks=8 train.strategy=zero3 scaling.num_workers={w} "
+                               "train.offload_optimizer=nvme", _with(cfg, train=dict(
+                                   base, vocab_chunks=8, strategy="zero3", offload_optimizer="nvme"),
+                                   scaling={"num_workers": w})):
+                break
     if t.method == "full" and not t.freeze_embeddings and shape.embed_params:
         for w in sorted({W, 2, 4, 8}):
             if w >= W and fits(f"{prefix}train.freeze_embeddings=true train.strategy=zero3 scaling.num_workers={w} "

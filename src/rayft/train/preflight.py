@@ -61,7 +61,7 @@ def deepspeed_for(cfg: TrainConfig, run_dir: Path, dtype: str, shape: ModelShape
     if op and op.get("device") == "nvme" and shape is not None and "buffer_size" not in (
             (user or {}).get("zero_optimization", {}).get("offload_param", {})):
         # each nvme buffer must hold the largest parameter partition; no bigger (they are preallocated)
-        op["buffer_size"] = nvme_param_buffer(shape, cfg.scaling.num_workers)
+        op["buffer_size"] = nvme_param_buffer(shape, cfg.scaling.num_workers, cfg.train.vocab_chunks)
     return ds
 
 
