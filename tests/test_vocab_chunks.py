@@ -110,3 +110,32 @@ def test_config_wants_zero3_and_the_estimate_counts_one_slice():
     from rayft.train.deepspeed import CPU_SUB_GROUP_SIZE
     assert whole["optimizer"] == 16 * 136_134_656 / 4 and sliced["optimizer"] == 16 * CPU_SUB_GROUP_SIZE
     assert sliced["weights"] == whole["weights"] and sliced["grads"] == whole["grads"]
+
+
+def test_lora_model_slices_its_base_and_keeps_the_adapter_gradients():
+    """train.method=lora + zero3: the slices go into the base model inside peft's wrapper; the
+    frozen embedding stays frozen and the adapter's gradients are unchanged."""
+    from peft import LoraConfig, get_peft_model
+
+    def lora(m):
+        torch.manual_seed(2)
+        m = get_peft_model(m, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.05)
+        return m
+
+    ref = lora(tiny(True))
+    got = copy.deepcopy(ref)
+    chunk_vocab(got, 3)
+    assert isinstance(got.get_base_model().get_input_embeddings(), VocabChunkedEmbedding)
+    ids, labels = batch()
+    a, b = ref(input_ids=ids, labels=labels), got(input_ids=ids, labels=labels)
+    assert torch.allclose(a.loss, b.loss, atol=1e-6)
+    a.loss.backward()
+    b.loss.backward()
+    want = {n: p.grad for n, p in ref.named_parameters() if p.requires_grad}
+    have = {n: p.grad for n, p in got.named_parameters() if p.requires_grad}
+    assert sorted(want) == sorted(have) and want
+    for n in want:
+        assert torch.allclose(have[n], want[n], atol=1e-6), n
