@@ -63,7 +63,7 @@ def main() -> int:
         out["launches"].append({"rc": rc, "wall_s": round(wall, 1), "steps": rep.get("steps"),
                                 "resumed_from_step": rep.get("resumed_from_step"), "finished": rep.get("finished"),
                                 "peak_rss_mb": rep.get("peak_rss_mb"),
-                                "restore_lines": re.findall(r".*resum.*", text)[-3:]})
+                                "run_line": re.findall(r"\[rayft\] run .*", text)[-1:]})
         if rc != 0:
             out["error"] = text[-2000:]
             break

@@ -151,45 +151,59 @@ class ZeroEngine:
                          scheduler=self.sched.state_dict())
             (directory / STATE).write_text(json.dumps(state, indent=2, default=str))
 
-    def _full_states(self):
-        """(index, name, key, full tensor) for every trainable parameter and key, in the same
-        order on every rank: each tensor is a collective (all-gather / all-reduce).
+    def _nvme(self) -> bool:
+        """ZeRO-3 with the optimizer states swapped to nvme (ZeRO-Infinity)."""
+        return self.stage == 3 and getattr(self.zopt, "swap_optimizer", False)
 
-        With nvme optimizer offload under ZeRO-3, DeepSpeed's safe_get_full_* swap the whole
-        optimizer sub-group in from nvme and release it again for every parameter and key
-        (full 0.5B, 4 workers: ~870 swap-ins of ~240 MB, a final checkpoint still unfinished
-        after 12 min). Here each sub-group is swapped in once, all of its parameters' fp32
-        weights and moments are gathered from the swapped-in buffers, and it is released:
-        the same tensors as safe_get_full_*, read the same way (get_full_hp_param)."""
-        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+    def _by_subgroup(self, write: bool):
+        """(index, name, param, {key: this rank's slice of its fp32 weight / moment}) for every
+        trainable parameter, with nvme optimizer offload under ZeRO-3.
 
-        z = self.zopt
-        nvme = self.stage == 3 and getattr(z, "swap_optimizer", False)
-        group = None
+        DeepSpeed's safe_get_full_* / safe_set_full_* swap the parameter's whole optimizer
+        sub-group in from nvme (and release it, or write it back) for every parameter and key:
+        full 0.5B, 4 workers, ~870 swap-ins of ~240 MB, a final checkpoint still unfinished after
+        12 min and a restore of ~30 min. Here each sub-group is swapped in once, all of its
+        parameters are yielded, and when it is left it is released, or written back to nvme if
+        ``write`` (the slices are set_full_hp_param's own: grad_position's offset and length)."""
+        z, group = self.zopt, None
 
-        def release(g):
+        def leave(g):
             if g is not None and z._swappable_optimizer_subgroup(g):
-                z._release_swap_buffers(g)
+                if write:
+                    z._optimizer_states_and_gradient_swap_out(g)
+                else:
+                    z._release_swap_buffers(g)
 
         try:
             for i, (name, p) in enumerate(self._trainable()):
-                if not nvme:
-                    for key in ("fp32", *MOMENTS):
-                        yield i, name, key, (safe_get_full_fp32_param(p) if key == "fp32"
-                                             else safe_get_full_optimizer_state(p, key))
-                    continue
                 g, offset, n = z.grad_position[z.get_param_id(p)]
                 if g != group:
-                    release(group)
+                    leave(group)
                     group = g
                     if z._swappable_optimizer_subgroup(g):
                         z._optimizer_states_and_gradient_swap_in(g)
                 flat = z.fp32_partitioned_groups_flat[g]
-                for key in ("fp32", *MOMENTS):
-                    part = flat if key == "fp32" else z.optimizer.state[flat][key]
-                    yield i, name, key, z._fp32_state_allgather(p, part.narrow(0, offset, n))
+                yield i, name, p, {key: (flat if key == "fp32" else z.optimizer.state[flat][key]).data.narrow(0, offset, n)
+                                   for key in ("fp32", *MOMENTS)}
         finally:
-            release(group)
+            leave(group)
+
+    def _full_states(self):
+        """(index, name, key, full tensor) for every trainable parameter and key, in the same
+        order on every rank: each tensor is a collective (all-gather / all-reduce). With nvme
+        optimizer offload, read one sub-group at a time (_by_subgroup) and gathered the way
+        get_full_hp_param does."""
+        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+        if self._nvme():
+            for i, name, p, parts in self._by_subgroup(write=False):
+                for key in ("fp32", *MOMENTS):
+                    yield i, name, key, self.zopt._fp32_state_allgather(p, parts[key])
+            return
+        for i, (name, p) in enumerate(self._trainable()):
+            for key in ("fp32", *MOMENTS):
+                yield i, name, key, (safe_get_full_fp32_param(p) if key == "fp32"
+                                     else safe_get_full_optimizer_state(p, key))
 
     def _save_shards(self, out: Path, rank: int, world: int) -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -246,44 +260,30 @@ class ZeroEngine:
                                "ddp (or start a new run name for a DeepSpeed strategy)")
         index = tensor_index(directory / "zero")
         self._materialize_optimizer_state()
-        z = self.zopt
-        # With nvme optimizer offload under ZeRO-3, DeepSpeed's safe_set_full_* swap the whole
-        # optimizer sub-group in and write it back out for every parameter and key (full 0.5B,
-        # 4 workers: ~3 parameters a minute, a restore of ~30 min). Here each sub-group is swapped
-        # in once, every parameter's fp32 weight and moments are copied into this rank's slice of
-        # it (set_full_hp_param's own narrow + copy), and it is swapped out once.
-        nvme = self.stage == 3 and getattr(z, "swap_optimizer", False)
-        group = None
 
-        def write_back(g):
-            if g is not None and z._swappable_optimizer_subgroup(g):
-                z._optimizer_states_and_gradient_swap_out(g)
-
-        for name, p in self._trainable():
+        def check(name):
             for key in ("fp32", *MOMENTS):
                 if f"{name}::{key}" not in index:
                     raise RuntimeError(f"{directory}: no {key} for parameter {name} (was the checkpoint "
                                        "written with a different train.method, lora config or train.vocab_chunks?)")
-            fp32 = index.get(f"{name}::fp32")
-            if not nvme:
+
+        if self._nvme():  # one nvme swap-in and write-back per optimizer sub-group (_by_subgroup)
+            for _, name, p, parts in self._by_subgroup(write=True):
+                check(name)
+                fp32 = index.get(f"{name}::fp32")
+                at = parts["fp32"].numel() * self.zopt._get_param_partition_rank(p)
+                for key, part in parts.items():  # set_full_hp_param's narrow + copy
+                    full = fp32 if key == "fp32" else index.get(f"{name}::{key}")
+                    part.copy_(full.flatten().narrow(0, at, part.numel()))
+                set_lp_param(p, fp32, self.stage)  # the model's own (possibly bf16) copy
+        else:
+            for name, p in self._trainable():
+                check(name)
+                fp32 = index.get(f"{name}::fp32")
                 safe_set_full_fp32_param(p, fp32)
+                set_lp_param(p, fp32, self.stage)
                 for key in MOMENTS:
                     safe_set_full_optimizer_state(p, index.get(f"{name}::{key}"), key)
-            else:
-                g, offset, n = z.grad_position[z.get_param_id(p)]
-                if g != group:
-                    write_back(group)
-                    group = g
-                    if z._swappable_optimizer_subgroup(g):
-                        z._optimizer_states_and_gradient_swap_in(g)
-                flat = z.fp32_partitioned_groups_flat[g]
-                at = n * z._get_param_partition_rank(p)
-                for key in ("fp32", *MOMENTS):
-                    full = fp32 if key == "fp32" else index.get(f"{name}::{key}")
-                    dst = flat if key == "fp32" else z.optimizer.state[flat][key]
-                    dst.data.narrow(0, offset, n).copy_(full.flatten().narrow(0, at, n))
-            set_lp_param(p, fp32, self.stage)  # the model's own (possibly bf16) copy
-        write_back(group)
         if self.stage == 2:
             self.zopt.update_lp_params()  # keep the replicated low-precision copy in step
         for st in self.basic.state.values():
